@@ -1,0 +1,161 @@
+"""The `hotfolder` command: parse arguments, build a Config, call one function.
+
+Exit codes (SPEC section 7): 0 success (a graceful stop too), 1 a job failed,
+2 invalid input, usage, or refused. Exceptions become messages and exit codes
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from hotfolder import __version__
+from hotfolder.backends import BACKEND_MODULES
+from hotfolder.config import FORMATS, Config, load_config
+from hotfolder.errors import HotfolderError, UsageError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, help="the hotfolder root (default: ~/Movies/Hotfolder; env HOTFOLDER_ROOT)")
+    p.add_argument("--config", type=Path, help="config.toml to read (default: the user config file)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotfolder", description="Drop a prompt file into a folder, get a video with sound."
+    )
+    parser.add_argument("--version", action="version", version=f"hotfolder {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (what launchd starts)")
+    _common(p)
+    p.add_argument("--backend", choices=["auto", *BACKEND_MODULES], help="backend for jobs that say auto")
+    p.add_argument("--model", help="model for jobs that name none (a name from the model table, or a folder)")
+    p.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    p.add_argument("--poll", action="store_true", help="poll the inbox (network or sync volumes)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("submit", help="put a job into the inbox atomically")
+    _common(p)
+    p.add_argument("inputs", nargs="+", metavar="PROMPT|FILE|-", help="prompt text, job files, or - for stdin")
+    p.add_argument("--format", choices=[*FORMATS, "custom"])
+    p.add_argument("--mode", choices=["preview", "production"])
+    p.add_argument("--duration", type=float, metavar="S")
+    p.add_argument("--seed", help='an integer, or "random"')
+    p.add_argument("--model")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--name", help="base name of the result files")
+    p.add_argument("--wait", action="store_true", help="wait for the result; print the .mp4 path")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
+
+    p = sub.add_parser("validate", help="check job files without submitting them")
+    _common(p)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--preset", help="check as if dropped into inbox/PRESET/")
+
+    p = sub.add_parser("status", help="is the daemon up; queue, running job, recent results")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable")
+
+    p = sub.add_parser("cache", help="the result cache: stats, prune (evict to the size cap), clear")
+    _common(p)
+    p.add_argument("action", choices=["stats", "prune", "clear"])
+    p.add_argument("--json", action="store_true", help="machine-readable (stats)")
+
+    p = sub.add_parser("demo", help="end to end on the built-in tiny model, offline, in a fresh temporary root")
+    p.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _config(args: argparse.Namespace, **flags: object) -> Config:
+    return load_config(getattr(args, "config", None), root=getattr(args, "root", None), **flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except HotfolderError as e:
+        print(f"hotfolder: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hotfolder: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from hotfolder import log
+
+    if args.command == "run":
+        from hotfolder.daemon import Daemon
+
+        config = _config(args, backend=args.backend, model=args.model, polling=True if args.poll else None)
+        if config.model_info(config.model) is None:
+            raise UsageError(f"model {config.model!r} is not in the model table ({', '.join(config.models)}) "
+                             "and is not a folder of weights.")
+        log.setup(config.log_dir, verbose=args.verbose)
+        return Daemon(config, once=args.once).run()
+    if args.command == "submit":
+        from hotfolder.submit import submit
+
+        config = _config(args)
+        return submit(config, args)
+    if args.command == "validate":
+        from hotfolder.submit import validate
+
+        return validate(_config(args), args.files, preset=args.preset)
+    if args.command == "status":
+        from hotfolder.status import show_status
+
+        return show_status(_config(args), as_json=args.json)
+    if args.command == "cache":
+        return _cache_command(_config(args), args.action, as_json=args.json)
+    if args.command == "demo":
+        from hotfolder.demo import run_demo
+
+        return run_demo()
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _cache_command(config: Config, action: str, *, as_json: bool) -> int:
+    import dataclasses
+    import json
+
+    from hotfolder.cache import ResultCache
+
+    cache = ResultCache(config.cache_dir, config.cache_max_bytes)
+    if action == "prune":
+        r = cache.prune()
+        print(f"pruned {config.cache_dir}: evicted {r.evicted} entries ({_size(r.freed_bytes)}), "
+              f"removed {r.stale_temps} abandoned writes")
+    elif action == "clear":
+        print(f"cleared {config.cache_dir}: removed {cache.clear()} entries")
+    else:
+        st = cache.stats()
+        if as_json:
+            print(json.dumps({"dir": str(config.cache_dir), **dataclasses.asdict(st)}, indent=2))
+        else:
+            print(f"cache {config.cache_dir}: {st.entries} entries, {_size(st.bytes)} of {_size(st.max_bytes)}; "
+                  f"{st.hits} hits, {st.misses} misses (hit rate {st.hit_rate:.0%}); "
+                  f"{st.evictions} evicted, {st.dropped} corrupt entries dropped")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The few exceptions that cross module boundaries, and what each means for a job.
+
+`JobInvalid` is permanent (never retried), `BackendError` is retryable,
+`WeightsMissing` is permanent with an action for the person, `Interrupted`
+means "stop now, the job is not at fault".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job file, said so a person can fix it."""
+
+    message: str
+    key: str | None = None
+    value: Any = None
+    line: int | None = None
+    column: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["value"] is not None and not isinstance(d["value"], (str, int, float, bool)):
+            d["value"] = repr(d["value"])
+        return d
+
+
+class HotfolderError(Exception):
+    """Base class: `exit_code` is what the CLI returns for it."""
+
+    exit_code = 1
+    kind = "error"
+    hint: str | None = None
+
+
+class JobInvalid(HotfolderError):
+    """The job file cannot be run as written. Never retried."""
+
+    exit_code = 2
+    kind = "invalid"
+
+    def __init__(self, file: str, problems: list[Problem]):
+        self.file = file
+        self.problems = problems
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        lines = [f"{self.file}: {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class UsageError(HotfolderError):
+    """A command was called wrongly, or refused (exit 2)."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class BackendError(HotfolderError):
+    """Generation failed in a way that may succeed on another attempt."""
+
+    kind = "backend"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class WeightsMissing(HotfolderError):
+    """The model's weights are not on this machine: retrying will not help."""
+
+    kind = "weights_missing"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class Interrupted(HotfolderError):
+    """Raised from a step callback to stop generation at once (stop or cancel)."""
+
+    kind = "interrupted"

@@ -1,0 +1,677 @@
+"""A job file, parsed and validated into frozen `JobSpec`s (one per generation).
+
+Every error names the file, the key, the value and what is allowed. Sizes and
+frame counts are snapped to what the backend accepts and each change is kept
+in `adjustments`, so the result's metadata and log can say what was changed.
+
+How a job's values are found, lowest first: the config's `[defaults]` < the
+preset of the inbox subfolder < the top-level keys of the file < the file's
+`[[jobs]]` entry. Each value remembers where it came from, so a message can
+say `jobs[2].duration = ...` or "(from preset 'tiktok')".
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import secrets
+import tomllib
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from hotfolder import backends
+from hotfolder.config import FORMATS, JOB_DEFAULTS, MODE_STEPS, Config, ModelInfo
+from hotfolder.errors import JobInvalid, Problem
+
+CacheMode = Literal["use", "off", "refresh"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One generation request, fully resolved: nothing here is left to defaults."""
+
+    source: str  # the job as dropped, relative to the inbox (e.g. "tiktok/cat.toml")
+    index: int  # position in a [[jobs]] batch; 0 for a single job
+    name: str  # base name of the result files, sanitised
+    prompt: str
+    negative_prompt: str
+    format: str  # linkedin | tiktok | instagram | custom
+    mode: str  # preview | production
+    duration: float  # seconds, as asked
+    fps: float
+    seed: int
+    seed_random: bool  # seed was "random": drawn at parse time, never a cache hit
+    steps: int
+    width: int  # snapped
+    height: int  # snapped
+    num_frames: int  # snapped to 8k+1
+    priority: int
+    cache: CacheMode
+    backend: str  # resolved: "diffusers" or "mlx"
+    model: str  # a model table name or a local path
+    generate_audio: bool
+    gif: bool
+    thumbnail: bool
+    preset: str | None  # the inbox subfolder that supplied defaults, if any
+    adjustments: tuple[str, ...] = ()
+
+
+# --- What a job file may hold --------------------------------------------------
+
+JOB_FILE_SUFFIXES = (".toml", ".txt")
+TOP_KEYS = (
+    "prompt", "negative_prompt", "format", "mode", "duration", "fps", "seed", "steps", "width", "height",
+    "priority", "cache", "backend", "model", "image", "audio", "output", "jobs",
+)  # fmt: skip
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "audio": ("file", "generate", "tts"),
+    "output": ("name", "gif", "thumbnail"),
+    "image": ("file", "strength"),
+}
+MODES = tuple(MODE_STEPS)
+BACKENDS = ("auto", "mlx", "diffusers")
+SEED_MAX = 2**32 - 1
+STEPS_RANGE = (1, 200)
+FPS_RANGE = (1, 60)
+SIZE_RANGE = (64, 4096)
+NAME_MAX = 100
+MIN_FRAMES = 9
+NOT_YET = "is not supported yet in this version of hotfolder; remove it to run the job without it"
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One job value and the layer it came from."""
+
+    value: Any
+    origin: str  # "" (top of the file), "jobs[2]", "preset 'tiktok'" or "the config's [defaults]"
+
+
+Fields = dict[str, _Field]  # dotted key ("duration", "output.gif") -> value
+
+
+def parse(path: Path, config: Config, *, preset: str | None = None, display_name: str | None = None) -> list[JobSpec]:
+    """Parse a `.toml` or `.txt` job file into one JobSpec per generation.
+
+    Raises `JobInvalid` naming every problem found.
+    """
+    label = display_name or path.name
+
+    # 1. The file itself: job type, size, text encoding. Nothing else can be checked without its text.
+    suffix = path.suffix.lower()
+    if suffix not in JOB_FILE_SUFFIXES:
+        raise JobInvalid(label, [Problem(
+            f"'{path.name}' is not a job file: use a .toml job file or a .txt file that holds the prompt"
+        )])  # fmt: skip
+    text = _read_text(path, config, label)
+
+    # 2. The file's own values: a .txt is only a prompt; a .toml is a table, maybe with [[jobs]].
+    problems: list[Problem] = []
+    if suffix == ".txt":
+        prompt = text.strip()
+        if not prompt:
+            raise JobInvalid(label, [Problem("the file holds only spaces or blank lines: write a prompt in it")])
+        data: dict[str, Any] = {"prompt": prompt}
+    else:
+        data = _load_toml(text, label)
+
+    # 3. The layers under the file: the model default, the config's [defaults], the preset.
+    layers: Fields = {"model": _Field(config.model, "the config's model")}
+    layers |= _flatten(config.job_defaults, "the config's [defaults]", problems)
+    if preset is not None:
+        if preset not in config.presets:
+            problems.append(_unknown_preset(preset, config))
+        elif not isinstance(config.presets[preset], Mapping):
+            problems.append(Problem(f"preset '{preset}' in the config file is not a table of job keys", key="preset"))
+        else:
+            layers |= _flatten(config.presets[preset], f"preset '{preset}'", problems)
+    top = layers | _flatten(data, "", problems)
+
+    # 4. One set of fields per job: the top level alone, or each [[jobs]] entry over it.
+    entries = _batch_entries(data, problems)
+    if entries is None:
+        jobs = [top]
+    else:
+        jobs = [top | _flatten(entry, f"jobs[{i}]", problems) for i, entry in enumerate(entries)]
+
+    # 5. Validate and resolve each job; collect every problem before giving up.
+    stem = Path(display_name).stem if display_name else path.stem
+    specs: list[JobSpec] = []
+    for index, fields in enumerate(jobs):
+        spec = _resolve(
+            fields, config, problems,
+            index=index, batch=len(jobs) > 1, source=label, preset=preset, stem=stem,
+        )  # fmt: skip
+        if spec is not None:
+            specs.append(spec)
+    if problems:
+        raise JobInvalid(label, _unique(problems))
+    return specs
+
+
+# --- Step 1: reading the file -----------------------------------------------------
+
+
+def _read_text(path: Path, config: Config, label: str) -> str:
+    """The file's text, or JobInvalid saying why it cannot be a job (empty, too big, binary, not UTF-8)."""
+
+    def invalid(message: str) -> JobInvalid:
+        return JobInvalid(label, [Problem(message)])
+
+    limit = config.max_prompt_bytes
+    try:
+        size = path.stat().st_size
+        if size <= limit:
+            with path.open("rb") as f:
+                data = f.read(limit + 1)  # the file may still grow: never read more than the limit
+            size = len(data)
+    except OSError as e:
+        raise invalid(f"the file cannot be read ({e.strerror or e})") from e
+    if size == 0:
+        raise invalid("the file is empty: write a prompt in it")
+    if size > limit:
+        raise invalid(
+            f"the file is {size:,} bytes, over the limit of {limit:,} bytes for a job file "
+            f"(max_prompt_bytes in the config file)"
+        )
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise invalid("the file is saved as UTF-16 text: save it as UTF-8 text instead")
+    if b"\x00" in data:
+        raise invalid("the file is not a text file (it holds binary data): save the job as plain UTF-8 text")
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # editors on Windows add a UTF-8 mark; it is harmless
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise invalid(
+            f"the file is not UTF-8 text (byte 0x{data[offset]:02X} at byte offset {offset}, line {line}, "
+            f"cannot be read): save it as UTF-8 text"
+        ) from e
+
+
+def _load_toml(text: str, label: str) -> dict[str, Any]:
+    """The TOML table, or JobInvalid with the line and column of the syntax error."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line, column, reason = _toml_error_position(e, text)
+        hint = ""
+        if reason.lower().startswith("invalid value"):
+            hint = ' (text must be in double quotes, like prompt = "a red fox in the snow")'
+        where = f"line {line}, column {column}"
+        if "end of document" in str(e):
+            where += " (the end of the file)"
+        message = f"the TOML is not valid at {where}: {reason}{hint}"
+        raise JobInvalid(label, [Problem(message, line=line, column=column)]) from e
+
+
+def _toml_error_position(e: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:
+    """(line, column, reason) of a TOML error: Python 3.14 has attributes, 3.11 only the message."""
+    if getattr(e, "lineno", None) and getattr(e, "colno", None):
+        return e.lineno, e.colno, getattr(e, "msg", str(e))  # type: ignore[attr-defined]
+    message = str(e)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)\s*$", message)
+    if match:
+        return int(match.group(1)), int(match.group(2)), message[: match.start()]
+    reason = re.sub(r"\s*\(at end of document\)\s*$", "", message)
+    lines = text.split("\n")
+    return len(lines), len(lines[-1]) + 1, reason
+
+
+# --- Steps 2-4: layers of values ---------------------------------------------------
+
+
+def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> Fields:
+    """A layer's values under dotted keys, with problems for unknown keys and attachments not supported yet."""
+    fields: Fields = {}
+    for key, value in table.items():
+        label = _label(key, origin)
+        if key == "jobs":
+            if origin:  # only the top of the file may hold [[jobs]]
+                problems.append(Problem(f"{label} is not allowed here: [[jobs]] tables belong in the job file only"
+                                        f"{_from(origin)}", key=label))  # fmt: skip
+            continue
+        if key == "image":
+            problems.append(Problem(f"[image]: image-to-video {NOT_YET}{_from(origin)}", key=label, value=value))
+            continue
+        if key not in TOP_KEYS:
+            problems.append(_unknown_key(key, origin))
+            continue
+        if key not in TABLE_KEYS:
+            fields[key] = _Field(value, origin)
+            continue
+        if not isinstance(value, Mapping):
+            problems.append(Problem(
+                f"{label} = {_show(value)} is not allowed: write it as a table, a line [{key}] followed by "
+                f"its keys ({', '.join(TABLE_KEYS[key])}){_from(origin)}", key=label, value=value,
+            ))  # fmt: skip
+            continue
+        for sub, subvalue in value.items():
+            dotted = f"{key}.{sub}"
+            if dotted in ("audio.file", "audio.tts"):
+                what = "a soundtrack from a file" if sub == "file" else "narration (text to speech)"
+                problems.append(Problem(
+                    f"{_label(dotted, origin)} = {_show(subvalue)}: {what} {NOT_YET}{_from(origin)}",
+                    key=_label(dotted, origin), value=subvalue,
+                ))  # fmt: skip
+            elif sub not in TABLE_KEYS[key]:
+                problems.append(_unknown_key(dotted, origin))
+            else:
+                fields[dotted] = _Field(subvalue, origin)
+    return fields
+
+
+def _batch_entries(data: Mapping[str, Any], problems: list[Problem]) -> list[Mapping[str, Any]] | None:
+    """The file's [[jobs]] entries (None when it has none); a malformed list is a problem."""
+    if "jobs" not in data:
+        return None
+    jobs = data["jobs"]
+    if not isinstance(jobs, list):
+        problems.append(Problem(
+            f"jobs = {_show(jobs)} is not allowed: write each job as its own [[jobs]] table", key="jobs", value=jobs
+        ))  # fmt: skip
+        return []
+    if not jobs:
+        problems.append(Problem("jobs = [] holds no jobs: add [[jobs]] tables, or remove jobs", key="jobs", value=[]))
+        return []
+    entries = []
+    for i, entry in enumerate(jobs):
+        if isinstance(entry, Mapping):
+            entries.append(entry)
+        else:
+            problems.append(Problem(
+                f"jobs[{i}] = {_show(entry)} is not allowed: each job must be a [[jobs]] table with its own keys",
+                key=f"jobs[{i}]", value=entry,
+            ))  # fmt: skip
+    return entries
+
+
+# --- Step 5: one job, validated and resolved ---------------------------------------
+
+
+def _resolve(
+    fields: Fields,
+    config: Config,
+    problems: list[Problem],
+    *,
+    index: int,
+    batch: bool,
+    source: str,
+    preset: str | None,
+    stem: str,
+) -> JobSpec | None:
+    """Check one job's merged values and work out everything the backend needs; None if it has problems."""
+    found: list[Problem] = []
+    adjustments: list[str] = []
+    check = _Checker(fields, found)
+
+    # 1. What to show.
+    prompt = check.text("prompt")
+    if "prompt" not in fields:
+        where = f"jobs[{index}]" if batch else "the job"
+        found.append(Problem(
+            f"{where} has no prompt: add a line like prompt = \"a red fox in the snow\" at the top of the file"
+            + (" or in this [[jobs]] entry" if batch else ""), key=f"jobs[{index}].prompt" if batch else "prompt",
+        ))  # fmt: skip
+    elif prompt is not None:
+        prompt = prompt.strip()
+        if not prompt:
+            check.bad("prompt", "write what the video should show")
+    negative_prompt = check.text("negative_prompt") or ""
+
+    # 2. The model, and the backend that will run it.
+    model_name = check.text("model")
+    model: ModelInfo | None = None
+    if model_name is not None:
+        model = config.model_info(model_name)
+        if model is None:
+            known = sorted(config.models)
+            check.say("model", f"is not a known model{_did_you_mean(model_name, known) or '.'} "
+                      f"The models are {', '.join(known)}; a path to a folder of weights also works")  # fmt: skip
+    requested = check.choice("backend", BACKENDS) or "auto"
+    backend, why = backends.resolve(requested, model, config)
+    if model is not None and not _runs_on(model, backend):
+        other = "mlx" if backend == "diffusers" else "diffusers"
+        check.bad("model", f"it has weights only for the {other} backend, and this job runs on {backend} ({why}); "
+                  f"use backend = \"{other}\" or another model", verb=f"cannot run on {backend}")  # fmt: skip
+
+    # 3. Mode, steps, format.
+    mode = check.choice("mode", MODES) or JOB_DEFAULTS["mode"]
+    steps = check.integer("steps", *STEPS_RANGE, "give a whole number of denoising steps from 1 to 200")
+    if steps is None:
+        steps = MODE_STEPS[mode]
+    fmt = check.choice("format", (*FORMATS, "custom")) or JOB_DEFAULTS["format"]
+
+    # 4. Duration and frame rate (the number of frames is worked out with the size, in step 6).
+    limit = model.max_duration if model is not None else None
+    duration = check.number(
+        "duration",
+        lambda v: v > 0 and (limit is None or v <= limit),
+        "give seconds greater than 0"
+        + (f" and at most {_num(limit)} (the limit of model '{model.name}')" if model is not None else ""),
+    )  # fmt: skip
+    fps = check.number("fps", lambda v: FPS_RANGE[0] <= v <= FPS_RANGE[1], "give frames per second from 1 to 60")
+    duration = float(duration if duration is not None else JOB_DEFAULTS["duration"])
+    fps = float(fps if fps is not None else JOB_DEFAULTS["fps"])
+
+    # 5. Seed: fixed for reproducible results, or drawn now and recorded.
+    seed, seed_random = JOB_DEFAULTS["seed"], False
+    if "seed" in fields:
+        value = fields["seed"].value
+        if value == "random":
+            seed, seed_random = secrets.randbelow(2**32), True
+            adjustments.append(f'seed "random" drew {seed}')
+        else:
+            seed = check.integer("seed", 0, SEED_MAX, f'give a whole number from 0 to {SEED_MAX}, or "random"')
+            seed = JOB_DEFAULTS["seed"] if seed is None else seed
+
+    # 6. Size: the format's size (halved in preview), or width and height as given; snapped for the backend.
+    #    Then frames: duration x fps, snapped to 8k+1.
+    width = check.integer("width", *SIZE_RANGE, "give a whole number of pixels from 64 to 4096")
+    height = check.integer("height", *SIZE_RANGE, "give a whole number of pixels from 64 to 4096")
+    for given, missing in (("width", "height"), ("height", "width")):
+        if given in fields and missing not in fields:
+            found.append(Problem(
+                f"{_label(given, fields[given].origin)} = {_show(fields[given].value)} is given without {missing}: "
+                f"give both width and height, or neither to use the format's size{_from(fields[given].origin)}",
+                key=_label(given, fields[given].origin), value=fields[given].value,
+            ))  # fmt: skip
+    if fmt == "custom" and ("width" not in fields or "height" not in fields):
+        check.bad("format", "add width and height, for example width = 768 and height = 512", verb="needs a size")
+    if width is not None and height is not None:
+        size = (width, height)
+    else:
+        size = FORMATS.get(fmt, FORMATS[JOB_DEFAULTS["format"]])
+        if mode == "preview":
+            size = (size[0] // 2, size[1] // 2)
+    width = _snap_size("width", size[0], backend, adjustments)
+    height = _snap_size("height", size[1], backend, adjustments)
+    num_frames = _snap_frames(duration, fps, adjustments)
+
+    # 7. Queue and cache.
+    priority = check.integer("priority", -(2**63), 2**63 - 1, "give a whole number (higher runs first)")
+    cache = _cache_mode(check)
+
+    # 8. Outputs and sound.
+    gif = check.boolean("output.gif")
+    thumbnail = check.boolean("output.thumbnail")
+    generate_audio = check.boolean("audio.generate")
+    generate_audio = True if generate_audio is None else generate_audio
+    if generate_audio and model is not None and not model.has_audio:
+        generate_audio = False
+        adjustments.append(f"audio.generate true -> false (model '{model.name}' makes no sound)")
+
+    # 9. The result's name: [output].name, else the job's name; numbered within a batch.
+    raw_name = check.text("output.name")
+    name = safe_name(raw_name if raw_name is not None else stem)
+    if raw_name is not None and name != raw_name:
+        adjustments.append(
+            f"output.name {_show(raw_name)} -> {_show(name)} (only letters, digits, spaces and - _ . are kept)"
+        )
+    if batch and not ("output.name" in fields and fields["output.name"].origin == f"jobs[{index}]"):
+        suffix = f"-{index + 1}"
+        name = name[: NAME_MAX - len(suffix)] + suffix
+
+    problems.extend(found)
+    if found:
+        return None
+    assert prompt is not None and model is not None
+    return JobSpec(
+        source=source,
+        index=index,
+        name=name,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        format=fmt,
+        mode=mode,
+        duration=duration,
+        fps=fps,
+        seed=seed,
+        seed_random=seed_random,
+        steps=steps,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        priority=priority or 0,
+        cache=cache,
+        backend=backend,
+        model=model.name,
+        generate_audio=generate_audio,
+        gif=True if gif is None else gif,
+        thumbnail=True if thumbnail is None else thumbnail,
+        preset=preset,
+        adjustments=tuple(adjustments),
+    )
+
+
+class _Checker:
+    """Type and range checks over one job's fields; each failure becomes a Problem naming key, value and rule.
+
+    Every method returns the value when it is present and valid, else None (missing or wrong).
+    """
+
+    def __init__(self, fields: Fields, problems: list[Problem]):
+        self.fields = fields
+        self.problems = problems
+
+    def bad(self, key: str, allowed: str, *, verb: str = "is not allowed") -> None:
+        """`duration = -3 is not allowed: give seconds greater than 0 ...`"""
+        self.say(key, f"{verb}: {allowed}")
+
+    def say(self, key: str, text: str) -> None:
+        """A problem that starts with the key and the value as written, and ends with where the value came from."""
+        f = self.fields[key]
+        label = _label(key, f.origin)
+        self.problems.append(Problem(f"{label} = {_show(f.value)} {text}{_from(f.origin)}", key=label, value=f.value))
+
+    def text(self, key: str) -> str | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, str):
+            self.bad(key, f'give text in double quotes, not {_kind(value)}')
+            return None
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, bool):
+            self.bad(key, f"give true or false (without quotes), not {_kind(value)}")
+            return None
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, str) or value not in choices:
+            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+            self.bad(key, f"give {_or(choices)}{hint}")
+            return None
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, allowed: str) -> int | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not _is_int(value) or not lo <= value <= hi:
+            self.bad(key, allowed + ("" if _is_number(value) else f", not {_kind(value)}"))
+            return None
+        return value
+
+    def number(self, key: str, ok: Any, allowed: str) -> float | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            self.bad(key, allowed + ("" if _is_number(value) else f", not {_kind(value)}"))
+            return None
+        return value
+
+
+def _cache_mode(check: _Checker) -> CacheMode:
+    """`cache = true | false | "refresh"` as the JobSpec's "use" | "off" | "refresh"."""
+    if "cache" not in check.fields:
+        return "use"
+    value = check.fields["cache"].value
+    if value is True:
+        return "use"
+    if value is False:
+        return "off"
+    if value == "refresh":
+        return "refresh"
+    close = {"on": "true", "yes": "true", "use": "true", "off": "false", "no": "false", "none": "false",
+             "true": "true", "false": "false"}  # fmt: skip
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() in close:
+        hint = f"; did you mean {close[value.strip().lower()]} (without quotes)?"
+    check.bad("cache", f'give true, false or "refresh"{hint}')
+    return "use"
+
+
+def _runs_on(model: ModelInfo, backend: str) -> bool:
+    """Whether `backend` has weights for `model` (tiny models and local folders run anywhere)."""
+    if model.tiny or model.local_path or (model.diffusers_repo is None and model.mlx_repo is None):
+        return True
+    return (model.mlx_repo if backend == "mlx" else model.diffusers_repo) is not None
+
+
+# --- Snapping ---------------------------------------------------------------------
+
+
+def _snap_size(key: str, value: int, backend: str, adjustments: list[str]) -> int:
+    """Nearest multiple the backend accepts, ties upward, at least one multiple."""
+    multiple = backends.SIZE_MULTIPLE[backend]
+    snapped = max(multiple, (value + multiple // 2) // multiple * multiple)
+    if snapped != value:
+        adjustments.append(f"{key} {value} -> {snapped} ({backend} needs multiples of {multiple})")
+    return snapped
+
+
+def _snap_frames(duration: float, fps: float, adjustments: list[str]) -> int:
+    """round(duration * fps) moved to the nearest 8k+1 (ties upward), at least 9: the video VAE's 8x time step."""
+    frames = max(1, math.floor(duration * fps + 0.5))
+    snapped = max(MIN_FRAMES, (frames + 3) // 8 * 8 + 1)
+    if snapped != frames:
+        adjustments.append(f"num_frames {frames} -> {snapped} (frames must be 8k+1)")
+    return snapped
+
+
+def safe_name(raw: str) -> str:
+    """A file name safe in any folder: letters, digits, space and - _ . kept, others -> '-', no leading dot."""
+    raw = unicodedata.normalize("NFC", raw)  # macOS hands out decomposed accents; keep "é" one letter
+    name = "".join(c if c.isalnum() or c in " -_." else "-" for c in raw)
+    name = name.lstrip(". ").rstrip()[:NAME_MAX].rstrip()
+    return name or "video"
+
+
+# --- Messages ---------------------------------------------------------------------
+
+
+def _label(key: str, origin: str) -> str:
+    """The key as a person finds it in the file: `jobs[2].duration` inside a batch entry."""
+    return f"{origin}.{key}" if origin.startswith("jobs[") else key
+
+
+def _from(origin: str) -> str:
+    """Where a value came from when it is not the job file itself."""
+    return "" if not origin or origin.startswith("jobs[") else f" (set by {origin})"
+
+
+def _unknown_key(dotted: str, origin: str) -> Problem:
+    """`key 'duraton' is not a job key; did you mean 'duration'?`, or where the key belongs, or the keys allowed."""
+    label = _label(dotted, origin)
+    table, _, leaf = dotted.rpartition(".")
+    homes = [t for t, keys in TABLE_KEYS.items() if leaf in keys and t != "image"]
+    if table and leaf in TOP_KEYS:  # a top-level key written below a [table] line belongs to that table in TOML
+        advice = f": {leaf} belongs at the top of the file, above the first [table] line"
+    elif table:
+        advice = _did_you_mean(leaf, TABLE_KEYS[table], prefix=_label(table, origin) + ".")
+        advice = advice or f"; [{table}] may hold {', '.join(TABLE_KEYS[table])}"
+    elif homes:
+        advice = f"; did you mean '{_label(f'{homes[0]}.{leaf}', origin)}'? (put it under [{homes[0]}])"
+    else:
+        keys = [k for k in TOP_KEYS if k != "jobs"]
+        advice = _did_you_mean(leaf, keys, prefix=_label("", origin))
+        advice = advice or f"; the job keys are {', '.join(keys)}"
+    return Problem(f"key '{label}' is not a job key{advice}{_from(origin)}", key=label)
+
+
+def _unknown_preset(preset: str, config: Config) -> Problem:
+    known = sorted(config.presets)
+    return Problem(
+        f"preset '{preset}' (the inbox folder inbox/{preset}/) is not a known preset; "
+        f"the presets are {', '.join(known)}{_did_you_mean(preset, known)}",
+        key="preset",
+        value=preset,
+    )
+
+
+def _did_you_mean(word: str, choices: Any, *, prefix: str = "") -> str:
+    """'; did you mean 'X'?' for the closest choice (case-insensitive), or ''."""
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{lowered[match[0]]}'?" if match else ""
+
+
+def _or(choices: Any) -> str:
+    items = [f'"{c}"' for c in choices]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _show(value: Any) -> str:
+    """A value the way it is written in TOML, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return "a date or time"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    """Each message once: a top-level mistake is found again in every [[jobs]] entry."""
+    seen: dict[str, Problem] = {}
+    for p in problems:
+        seen.setdefault(p.message, p)
+    return list(seen.values())

@@ -1,0 +1,176 @@
+"""The spool on real folders with a stepped clock: settle, ignore list, claim, deliver, fail, recover."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hotfolder.config import Config
+from hotfolder.spool import Spool, is_ignored
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> tuple[Spool, Clock]:
+    clock = Clock()
+    s = Spool(Config(root=tmp_path / "root", settle_seconds=1.0), clock=clock)
+    s.ensure_folders()
+    return s, clock
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".DS_Store", "._lake.toml", ".lake.toml.icloud", ".syncthing.lake.toml.tmp", "lake.toml.tmp", "lake.part",
+     "lake.toml.crdownload", "lake.toml.download", "~$lake.toml", ".incoming"],
+)
+def test_ignored_names_are_never_candidates(spool: tuple[Spool, Clock], name: str) -> None:
+    s, _ = spool
+    (s.config.inbox / name).write_text("prompt = 'x'\n")
+    assert is_ignored(name)
+    assert s.scan() == []
+
+
+def test_a_file_is_ready_only_after_it_stopped_changing_for_settle_seconds(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "lake.txt"
+    f.write_text("A lake")
+    ready, waiting = s.settled(s.scan())
+    assert ready == [] and waiting  # first sight: never trusted
+    clock.now += 0.5
+    with open(f, "a") as fh:
+        fh.write(" at dawn")  # still being written
+    ready, waiting = s.settled(s.scan())
+    assert ready == [] and waiting
+    clock.now += 0.9
+    ready, _ = s.settled(s.scan())
+    assert ready == []  # 0.9 s since the last change
+    clock.now += 0.2
+    ready, waiting = s.settled(s.scan())
+    assert [c.rel for c in ready] == ["lake.txt"] and not waiting
+
+
+def test_a_copy_that_keeps_an_old_mtime_still_waits_for_its_size(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "copied.txt"
+    f.write_text("A")
+    os.utime(f, (1, 1))  # Finder and cp -p keep the source's mtime
+    s.settled(s.scan())
+    clock.now += 2
+    with open(f, "a") as fh:
+        fh.write("BCD")
+    os.utime(f, (1, 1))
+    ready, _ = s.settled(s.scan())
+    assert ready == []
+
+
+def test_claim_rechecks_and_moves_with_one_rename(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "tiktok" / "cat.txt"
+    f.write_text("A cat")
+    s.settled(s.scan())
+    clock.now += 2
+    [c] = s.settled(s.scan())[0]
+    assert c.preset == "tiktok" and c.rel == "tiktok/cat.txt"
+    job = s.claim(c)
+    assert job is not None and not f.exists()
+    assert job.input_path.read_text() == "A cat"
+    assert json.loads((job.folder / "job.json").read_text())["source"] == "tiktok/cat.txt"
+
+
+def test_claim_refuses_a_file_that_changed_after_it_settled(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "lake.txt"
+    f.write_text("A lake")
+    s.settled(s.scan())
+    clock.now += 2
+    [c] = s.settled(s.scan())[0]
+    f.write_text("A lake, longer now")
+    assert s.claim(c) is None and f.exists()
+
+
+def test_claim_of_a_vanished_file_leaves_nothing_behind(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "lake.txt"
+    f.write_text("A lake")
+    s.settled(s.scan())
+    clock.now += 2
+    [c] = s.settled(s.scan())[0]
+    # Another daemon took it between the check and the rename.
+    s._seen[c.path] = (s._seen.get(c.path) or (None, 0))  # keep the settled record
+    os.rename(f, s.config.root / "elsewhere.txt")
+    assert s.claim(c) is None
+    assert list(s.config.processing.iterdir()) == []
+
+
+def test_deliver_never_overwrites_a_result_with_the_same_name(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    targets = []
+    for n in range(3):
+        f = s.config.inbox / f"j{n}.txt"
+        f.write_text("x")
+        s.settled(s.scan())
+        clock.now += 2
+        job = s.claim(s.settled(s.scan())[0][0])
+        built = job.folder / "stage" / "0"
+        built.mkdir(parents=True)
+        (built / "same.mp4").write_text(f"video {n}")
+        targets.append(s.deliver(job, 0, built, "same"))
+    names = [t.name for t in targets]
+    assert len(set(names)) == 3
+    assert sorted((t / "same.mp4").read_text() for t in targets) == ["video 0", "video 1", "video 2"]
+
+
+def test_recover_requeues_claims_drops_staging_and_half_claims(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    (s.config.inbox / "a.txt").write_text("a")
+    s.settled(s.scan())
+    clock.now += 2
+    job = s.claim(s.settled(s.scan())[0][0])
+    (job.stage / "0").mkdir(parents=True)
+    (job.stage / "0" / "half.mp4").write_text("partial")
+    half = s.config.processing / "20260101-000000-abcdef"
+    half.mkdir()
+    (half / "job.json").write_text(json.dumps({"job_id": half.name, "source": "gone.txt"}))
+    fresh = Spool(s.config)
+    [again] = fresh.recover()
+    assert again.job_id == job.job_id and again.input_path.read_text() == "a"
+    assert not job.stage.exists() and not half.exists()
+
+
+def test_recover_marks_a_delivery_that_reached_the_outbox_before_a_crash(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    (s.config.inbox / "a.txt").write_text("a")
+    s.settled(s.scan())
+    clock.now += 2
+    job = s.claim(s.settled(s.scan())[0][0])
+    built = job.stage / "0"
+    built.mkdir(parents=True)
+    target = s.deliver(job, 0, built, "a")
+    # Simulate the crash right after the rename, before job.json recorded it.
+    job.done.clear()
+    job.save()
+    [again] = Spool(s.config).recover()
+    assert again.done == {"0": target.name}
+
+
+def test_fail_moves_the_original_with_error_files(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    (s.config.inbox / "bad.toml").write_text("prompt = ")
+    s.settled(s.scan())
+    clock.now += 2
+    job = s.claim(s.settled(s.scan())[0][0])
+    target = s.fail(job, {"status": "invalid", "message": "bad.toml: line 1: broken", "hint": "fix it"})
+    assert (target / "bad.toml").read_text() == "prompt = "
+    assert "broken" in (target / "error.txt").read_text() and "fix it" in (target / "error.txt").read_text()
+    assert json.loads((target / "error.json").read_text())["status"] == "invalid"
+    assert not job.folder.exists()
