@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[diffusers,test]"
+	$(PY) -m pip install --quiet -e ".[diffusers,mlx,test]"
 	@touch $@
 
 demo: install
@@ -33,6 +33,9 @@ test: install
 
 bench: install
 	$(PY) bench/overhead.py
+	$(PY) bench/ingest.py
+	$(PY) bench/cache.py
+	$(PY) bench/resident.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="machine-readable")
 
+    p = sub.add_parser("cancel", help="stop a queued or running job (it ends in failed/ as cancelled)")
+    _common(p)
+    p.add_argument("job", help="a job id, or the job file's name as dropped")
+
+    p = sub.add_parser("retry", help="move a failed job back into the inbox")
+    _common(p)
+    p.add_argument("job", help="a folder name in failed/, a job id, or the job file's name")
+
     p = sub.add_parser("cache", help="the result cache: stats, prune (evict to the size cap), clear")
     _common(p)
     p.add_argument("action", choices=["stats", "prune", "clear"])
@@ -116,6 +124,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hotfolder.status import show_status
 
         return show_status(_config(args), as_json=args.json)
+    if args.command in ("cancel", "retry"):
+        from hotfolder import control
+
+        config = _config(args)
+        return control.cancel(config, args.job) if args.command == "cancel" else control.retry(config, args.job)
     if args.command == "cache":
         return _cache_command(_config(args), args.action, as_json=args.json)
     if args.command == "demo":

@@ -121,11 +121,16 @@ CONFIG_KEYS = {
     "model": str,
     "max_prompt_bytes": int,
     "max_attempts": int,
+    "retry_backoff_seconds": (int, float),
     "cache_dir": str,
     "cache_max_bytes": int,
     "log_dir": str,
     "state_dir": str,
     "polling": bool,
+    "idle_unload_minutes": (int, float),
+    "mlx_keep_text_encoder": bool,
+    "mlx_memory_limit_gb": (int, float),
+    "mlx_cache_limit_gb": (int, float),
     "notifications": bool,
     "defaults": dict,
     "presets": dict,
@@ -144,11 +149,16 @@ class Config:
     model: str = "ltx-2"  # the default model for jobs that name none
     max_prompt_bytes: int = 1024 * 1024
     max_attempts: int = 2
+    retry_backoff_seconds: float = 5.0  # first retry after this; each later one waits 4x longer (max 5 min)
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)))
     cache_max_bytes: int = 20 * 1024**3
     log_dir: Path = field(default_factory=lambda: Path(platformdirs.user_log_dir(APP)))
     state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
     polling: bool = False
+    idle_unload_minutes: float = 30.0  # free the model after this long without a job; 0 keeps it forever
+    mlx_keep_text_encoder: bool = True  # False: load Gemma per job (Gemma + LTX-2 in bf16 exceed 64 GB)
+    mlx_memory_limit_gb: float | None = None
+    mlx_cache_limit_gb: float | None = None
     notifications: bool = True
     job_defaults: Mapping[str, Any] = field(default_factory=lambda: dict(JOB_DEFAULTS))
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
@@ -232,10 +242,12 @@ def load_config(
             raise UsageError(f"config file {path}: {key} = {value!r} has the wrong type.")
 
     kwargs: dict[str, Any] = {"config_file": path if path.is_file() else None}
-    for key in ("settle_seconds", "rescan_seconds"):
+    for key in ("settle_seconds", "rescan_seconds", "retry_backoff_seconds", "idle_unload_minutes",
+                "mlx_memory_limit_gb", "mlx_cache_limit_gb"):
         if key in data:
             kwargs[key] = float(data[key])
-    for key in ("backend", "model", "max_prompt_bytes", "max_attempts", "cache_max_bytes", "polling", "notifications"):
+    for key in ("backend", "model", "max_prompt_bytes", "max_attempts", "cache_max_bytes", "polling", "notifications",
+                "mlx_keep_text_encoder"):
         if key in data:
             kwargs[key] = data[key]
     for key in ("cache_dir", "log_dir", "state_dir"):

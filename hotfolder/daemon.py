@@ -25,14 +25,16 @@ import structlog
 from hotfolder import backends, log
 from hotfolder.cache import ResultCache, cache_key, model_identity, reads_cache, writes_cache
 from hotfolder.config import Config, ModelInfo
+from hotfolder.control import CANCEL_MARKER, cancelled_error
 from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, UsageError, WeightsMissing
 from hotfolder.results import Outcome, Timings, copy_original, entry_id, iso, write_metadata
 from hotfolder.spec import JobSpec, parse
-from hotfolder.spool import Candidate, Job, Spool, is_ignored, read_json, write_json_atomic
+from hotfolder.spool import Candidate, Job, Spool, crash_point, is_ignored, read_json, write_json_atomic
 
 HEARTBEAT_S = 2.0
 STOP_GRACE_S = 8.0  # SIGTERM must end the process within 10 s
-RETRY_BACKOFF_S = (5.0, 30.0, 120.0)
+MAX_BACKOFF_S = 300.0
+IDLE = "idle"
 
 
 # -- the queue ---------------------------------------------------------
@@ -58,9 +60,10 @@ class JobQueue:
             heapq.heappush(self._heap, item)
             self._cond.notify()
 
-    def get(self) -> QueueItem | None:
-        """The next due item; None once closed."""
+    def get(self, idle_after: float | None = None) -> QueueItem | str | None:
+        """The next due item; None once closed; IDLE when nothing came for `idle_after` seconds."""
         with self._cond:
+            idle_at = None if idle_after is None else self._clock() + idle_after
             while not self._closed:
                 now = self._clock()
                 due = [i for i in self._heap if i.not_before <= now]
@@ -69,8 +72,10 @@ class JobQueue:
                     self._heap.remove(item)
                     heapq.heapify(self._heap)
                     return item
-                wait = min((i.not_before - now for i in self._heap), default=None)
-                self._cond.wait(timeout=wait)
+                if idle_at is not None and now >= idle_at:
+                    return IDLE
+                waits = [i.not_before - now for i in self._heap] + ([idle_at - now] if idle_at is not None else [])
+                self._cond.wait(timeout=min(waits, default=None))
             return None
 
     def close(self) -> None:
@@ -204,6 +209,7 @@ class Daemon:
             for job in self.spool.recover():
                 self.log.info("requeued after restart", job_id=job.job_id, source=job.source)
                 self._admit(job)
+            crash_point("recovered")
             watcher.start()
             self._worker = threading.Thread(target=self._work, name="hotfolder-worker", daemon=True)
             self._worker.start()
@@ -303,10 +309,17 @@ class Daemon:
 
     # -- the worker ---------------------------------------------------
     def _work(self) -> None:
+        idle_after = self.config.idle_unload_minutes * 60 or None
         while True:
-            item = self.queue.get()
+            item = self.queue.get(idle_after if self.provider.backend is not None else None)
             if item is None:
                 return
+            if item == IDLE:
+                self.log.info("idle: unloading the model", model=(self.provider.key or ("", ""))[1],
+                              idle_minutes=self.config.idle_unload_minutes)
+                self.provider.close()
+                self._write_status()
+                continue
             entry = self.jobs.get(item.job_id)
             if entry is None:
                 continue
@@ -320,6 +333,7 @@ class Daemon:
                 self._busy.clear()
                 self.wake.set()
             if all(str(i) in job.done for i in range(len(specs))):
+                crash_point("finishing")
                 self.spool.finish(job)
                 self.jobs.pop(job.job_id, None)
 
@@ -330,6 +344,7 @@ class Daemon:
         log.attach_job_log(eid, job.log_file)
         timings = Timings(queued=job.arrival, started=time.time())
         try:
+            _check_cancel(job)
             self.log.info(
                 "job started",
                 source=job.source,
@@ -349,8 +364,12 @@ class Daemon:
         except Interrupted as e:
             if self.stop.is_set():
                 self.log.info("interrupted by stop; stays queued for the next start", reason=str(e))
+            elif not job.folder.exists():
+                self.log.info("cancelled: the job's folder was removed from processing/")
+                self.jobs.pop(job.job_id, None)
             else:
                 self.log.info("cancelled", reason=str(e))
+                self._fail(job, cancelled_error("hotfolder cancel"), index=None)
         except JobInvalid as e:
             self._fail(job, _invalid_error(e), index=index, count=len(specs), spec=spec)
         except WeightsMissing as e:
@@ -387,6 +406,7 @@ class Daemon:
                                           "width": spec.width, "height": spec.height,
                                           "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info})
                 self.log.info("stored in cache", cache_key=key)
+                crash_point("cached")
 
         # 2. Post-processing: everything that is not in the cache key.
         self._progress(job, stage="encoding")
@@ -395,6 +415,7 @@ class Daemon:
         if spec.gif:
             media.make_gif(mp4, stage / f"{spec.name}.gif")
             outputs["gif"] = f"{spec.name}.gif"
+            crash_point("mid_encode")
         if spec.thumbnail:
             media.make_thumbnail(mp4, stage / f"{spec.name}.jpg")
             outputs["thumbnail"] = f"{spec.name}.jpg"
@@ -411,6 +432,7 @@ class Daemon:
         self.log.info("delivering", total_s=round(timings.finished - timings.started, 2))
         if job.log_file.exists():
             shutil.copy2(job.log_file, stage / f"{spec.name}.log")
+        crash_point("staged")
         target = self.spool.deliver(job, index, stage, spec.name)
         self.delivered += 1
         self.log.info("delivered", path=str(target / mp4.name))
@@ -453,6 +475,7 @@ class Daemon:
         self._progress(job, stage="encoding")
         t0 = time.perf_counter()
         media.encode_mp4(clip, mp4)
+        crash_point("encoded")
         timings.encode_s = time.perf_counter() - t0
         return Outcome(backend=backend.name, device=backend.device, model=model, has_audio=clip.audio is not None,
                        info=clip.info)
@@ -475,7 +498,7 @@ class Daemon:
         self.log.error("attempt failed", attempt=len(tries), max_attempts=self.config.max_attempts, error=_one_line(e),
                        exc_info=not isinstance(e, HotfolderError))
         if len(tries) < self.config.max_attempts and not self.stop.is_set():
-            delay = RETRY_BACKOFF_S[min(len(tries) - 1, len(RETRY_BACKOFF_S) - 1)]
+            delay = min(MAX_BACKOFF_S, self.config.retry_backoff_seconds * 4 ** (len(tries) - 1))
             self.log.info("will retry", in_s=delay)
             self.queue.put(QueueItem(item.sort_key, item.job_id, index, not_before=time.monotonic() + delay))
             return
@@ -505,8 +528,7 @@ class Daemon:
         def on_step(stage: str, step: int, total: int) -> None:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            if not job.folder.exists():
-                raise Interrupted("the job's folder was removed from processing/")
+            _check_cancel(job)
             now = time.monotonic()
             if now - last[0] >= 0.25 or step >= total:
                 last[0] = now
@@ -527,7 +549,7 @@ class Daemon:
             "updated": iso(time.time()),
         }
         try:
-            write_json_atomic(job.progress_file, data)
+            write_json_atomic(job.progress_file, data, durable=False)
         except FileNotFoundError:
             return  # the folder was removed (cancel); the next step notices
         with self._state_lock:
@@ -572,12 +594,20 @@ class Daemon:
                 "recent": self._recent,
             }
             try:
-                write_json_atomic(self.config.status_file, status)
+                write_json_atomic(self.config.status_file, status, durable=False)
             except OSError as e:
                 self.log.warning("cannot write status", error=str(e))
 
 
 # -- helpers ----------------------------------------------------------
+def _check_cancel(job: Job) -> None:
+    """A removed folder or a `cancel` marker (hotfolder cancel) stops the job."""
+    if not job.folder.exists():
+        raise Interrupted("the job's folder was removed from processing/")
+    if (job.folder / CANCEL_MARKER).exists():
+        raise Interrupted("cancelled by hotfolder cancel")
+
+
 def _job_file_in_folder(folder: Path, label: str) -> Path:
     """A folder job holds exactly one .toml or .txt job file."""
     files = sorted(p for p in folder.iterdir() if not is_ignored(p.name) and p.suffix.lower() in (".toml", ".txt"))

@@ -7,6 +7,7 @@ one ever sees a half-written result.
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import time
@@ -24,7 +25,9 @@ from hotfolder.spool import Job, write_json_atomic
 VERSIONED = ("torch", "diffusers", "transformers", "mlx", "mlx-video-with-audio", "imageio-ffmpeg")
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """Read once per process: the installed packages do not change under a running daemon."""
     found = {"hotfolder": __version__, "python": platform.python_version()}
     for dist in VERSIONED:
         try:
@@ -134,7 +137,7 @@ def write_metadata(
         "adjustments": list(spec.adjustments),
         "timings": timings.to_dict(),
         "outputs": outputs,
-        "versions": versions(),
+        "versions": dict(versions()),
         "backend_info": outcome.info,
     }
     if model.tiny:

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,15 @@ IGNORED_PATTERNS = (
 )
 UF_DATALESS = 0x40000000  # macOS: the file's data is not on this machine yet (iCloud)
 
+# Fault injection for the crash tests: SIGKILL this process at the named point. Read
+# once, here, because the points are exactly where no outside timing can reach.
+_CRASH_AT = os.environ.get("HOTFOLDER_CRASH_AT", "")
+
+
+def crash_point(name: str) -> None:
+    if _CRASH_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 def is_ignored(name: str) -> bool:
     """True for names that are never jobs and never touched."""
@@ -51,14 +61,19 @@ def is_dataless(st: os.stat_result) -> bool:
     return bool(getattr(st, "st_flags", 0) & UF_DATALESS)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so a reader sees the old or the new file, never half of one."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Write JSON so a reader sees the old or the new file, never half of one.
+
+    `durable` also fsyncs before the rename: for the journal (job.json), not for
+    status and progress files, which are rewritten constantly and rebuilt after a crash.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -227,6 +242,8 @@ class Spool:
                 ready.append(c)
             else:
                 waiting = True
+        # First in, first out: claim in the order the files were last written (then by name).
+        ready.sort(key=lambda c: (self._seen[c.path][0][1] if c.path in self._seen else 0, c.rel))
         return ready, waiting
 
     # -- claim ---------------------------------------------------------
@@ -251,6 +268,7 @@ class Spool:
         except FileNotFoundError:
             shutil.rmtree(folder, ignore_errors=True)
             return None  # someone else claimed it
+        crash_point("claimed")
         return job
 
     def recover(self) -> list[Job]:
@@ -315,14 +333,17 @@ class Spool:
                 continue
             job.delivering[str(index)] = target.name
             job.save()
+            crash_point("delivering")
             try:
                 os.rename(built, target)
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue
                 raise
+            crash_point("delivered")
             job.done[str(index)] = target.name
             job.save()
+            crash_point("recorded")
             return target
         raise RuntimeError(f"no free name for {base} in {self.config.outbox}")
 

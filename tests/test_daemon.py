@@ -149,17 +149,29 @@ def test_sigterm_mid_job_exits_quickly_and_the_job_finishes_after_restart(root: 
 
 
 def test_a_backend_failure_is_retried_then_delivered(root: Root) -> None:
-    root.write_config(max_attempts=2)
+    root.write_config(max_attempts=3, retry_backoff_seconds=0.1)
     _drop(root, "flaky.toml", f'prompt = "a flaky job"\n{SMALL}')
-    import hotfolder.daemon as d
-
-    env = root.env(HOTFOLDER_FAKE_FAIL="1")
-    # The retry waits RETRY_BACKOFF_S[0]; keep the test short by checking the attempt history instead of timing.
-    run = root.cli("run", "--once", fake=True, env=env, timeout=60 + d.RETRY_BACKOFF_S[0])
+    run = root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_FAKE_FAIL="2"))
     assert run.returncode == 0, run.stdout + run.stderr
     [result] = root.results()
     log = next(result.glob("*.log")).read_text()
-    assert "attempt failed" in log and "will retry" in log and "delivering" in log
+    assert log.count("attempt failed") == 2 and "will retry" in log and "delivering" in log
+    assert root.failures() == []
+
+
+def test_a_backend_that_keeps_failing_goes_to_failed_with_the_history(root: Root) -> None:
+    root.write_config(max_attempts=2, retry_backoff_seconds=0.1)
+    _drop(root, "doomed.toml", f'prompt = "a doomed job"\n{SMALL}')
+    run = root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_FAKE_FAIL="2"))
+    assert run.returncode == 1
+    assert root.results() == []
+    [folder] = root.failures()
+    error = json.loads((folder / "error.json").read_text())
+    assert error["kind"] == "backend" and len(error["attempts"]) == 2
+    assert all("fake failure" in a["error"] for a in error["attempts"])
+    text = (folder / "error.txt").read_text()
+    assert "Attempts: 2" in text and "What to do:" in text
+    assert (folder / "doomed.toml").is_file()
 
 
 def test_submit_wait_prints_the_mp4_path_last(root: Root) -> None:
@@ -238,3 +250,20 @@ def test_cache_false_and_refresh_regenerate(root: Root, tmp_path: Path) -> None:
     metas = {root.metadata(r)["source"]: root.metadata(r) for r in root.results()}
     assert [metas[s]["cache_hit"] for s in ("a.toml", "b.toml", "c.toml")] == [False, False, False]
     assert len(loads.read_text().splitlines()) == 2
+
+
+def test_an_idle_daemon_unloads_the_model_and_reloads_for_the_next_job(root: Root, tmp_path: Path) -> None:
+    loads = tmp_path / "loads.txt"
+    root.write_config(idle_unload_minutes=0.01)  # 0.6 s
+    daemon = root.start(fake=True, env=root.env(HOTFOLDER_FAKE_LOADS=str(loads)))
+    try:
+        _drop(root, "one.toml", f'prompt = "one"\n{SMALL}')
+        wait_until(lambda: len(root.results()) == 1, what="the first job")
+        status = root.path / "status.json"
+        wait_until(lambda: json.loads(status.read_text())["daemon"]["model_loaded"] == [], what="idle unload")
+        _drop(root, "two.toml", f'prompt = "two"\n{SMALL}')
+        wait_until(lambda: len(root.results()) == 2, what="the second job")
+        assert len(loads.read_text().splitlines()) == 2  # loaded, unloaded when idle, loaded again
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)

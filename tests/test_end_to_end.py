@@ -102,3 +102,22 @@ def test_make_demo_command_runs_the_examples(tmp_path: Path) -> None:
     results = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("result: ")]
     assert len(results) == 4 and all(Path(r).is_file() for r in results)
     assert "noise" in out.stdout
+
+
+def test_the_mlx_backend_through_the_daemon_loads_once_and_delivers_video_with_sound(root: Root) -> None:
+    for n in range(2):
+        _write(root.inbox / f"mlx{n}.toml",
+               f'prompt = "shot {n}"\nwidth = 192\nheight = 128\nduration = 0.75\nfps = 12\nseed = {n}\n')
+    run = root.cli("run", "--once", "--backend", "mlx", "--model", "tiny", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert root.failures() == []
+    metas = [(root.metadata(r), r) for r in root.results()]
+    assert len(metas) == 2
+    for meta, result in metas:
+        info = probe(result / meta["outputs"]["video"])
+        assert info.video is not None and info.audio is not None
+        assert (info.video.width, info.video.height, info.video.num_frames) == (192, 128, 9)
+        assert info.audio.duration == pytest.approx(9 / 12, abs=1 / 12)
+        assert meta["backend"] == "mlx" and "noise" in meta["model_label"]
+    loads = sorted(m["timings"]["load_s"] for m, _ in metas)
+    assert loads[0] == 0 and loads[1] > 0

@@ -6,6 +6,7 @@ registry maps names to module paths and imports only the one asked for.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
 import sys
@@ -51,7 +52,7 @@ class Backend(Protocol):
         """Generate one clip for `spec`. Raises BackendError (retryable) or lets Interrupted through."""
 
     def close(self) -> None:
-        """Release the model and its memory."""
+        """Release the model and its memory (the daemon also calls this for idle unload)."""
 
 
 BACKEND_MODULES = {
@@ -71,11 +72,38 @@ def is_apple_silicon() -> bool:
 
 
 def resolve(requested: str, model: ModelInfo | None, config: Config) -> tuple[str, str]:
-    """Pick the concrete backend for a job: returns (name, why)."""
+    """Pick the concrete backend for a job: returns (name, why).
+
+    auto: MLX on Apple Silicon when mlx-video-with-audio imports and the model's MLX
+    weights are on this machine; Diffusers otherwise.
+    """
     if requested == "auto":
         requested = config.backend
     if requested in BACKEND_MODULES:
         return requested, "asked for"
-    if model is not None and model.diffusers_repo is None and model.mlx_repo is not None:
+    if model is not None and model.diffusers_repo is None and model.mlx_repo is not None and not model.tiny:
         return "mlx", f"model {model.name} exists only for MLX"
-    return "diffusers", "default: the MLX backend is not available in this version"
+    if not is_apple_silicon():
+        return "diffusers", "not an Apple Silicon Mac"
+    ok, why = mlx_status()
+    if not ok:
+        return "diffusers", f"the MLX backend is not usable: {why}"
+    if model is not None and not mlx_weights_present(model, config):
+        return "diffusers", f"the MLX weights of {model.name} are not on this machine"
+    return "mlx", "Apple Silicon with mlx-video-with-audio and the model's MLX weights"
+
+
+@functools.cache
+def mlx_status() -> tuple[bool, str]:
+    """Whether the MLX backend can run here (its package imports, at the pinned version)."""
+    try:
+        from hotfolder.backends import mlx_av
+    except ImportError as e:
+        return False, f"mlx-video-with-audio is not installed ({e}); `pip install 'hotfolder[mlx]'`"
+    return mlx_av.available()
+
+
+def mlx_weights_present(model: ModelInfo, config: Config) -> bool:
+    from hotfolder.backends import mlx_av
+
+    return mlx_av.weights_present(model, config)

@@ -1,0 +1,106 @@
+"""`hotfolder cancel` and `hotfolder retry`: act on jobs through the folders, as a person could.
+
+Cancel writes a `cancel` marker into the job's processing/ folder; the daemon sees it
+before the job starts or at its next denoising step, and moves the job to failed/ as
+cancelled. With no daemon running, cancel moves the job itself. Retry moves a failed
+job's original file back into the inbox (into its preset folder, if it came from one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from hotfolder.config import Config
+from hotfolder.errors import UsageError
+from hotfolder.spool import Job, Spool, read_json, write_json_atomic
+
+CANCEL_MARKER = "cancel"
+
+
+def _processing_jobs(config: Config) -> list[tuple[Path, dict]]:
+    found = []
+    for folder in sorted(config.processing.glob("*/job.json")):
+        try:
+            found.append((folder.parent, read_json(folder)))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _matches(job_ref: str, job_id: str, source: str) -> bool:
+    """A job id, a batch entry's id (<job_id>.<n>), or the job file's name as dropped."""
+    return job_ref in (job_id, source, Path(source).name, Path(source).stem) or job_ref.startswith(f"{job_id}.")
+
+
+def cancel(config: Config, job_ref: str) -> int:
+    matches = [(f, rec) for f, rec in _processing_jobs(config) if _matches(job_ref, rec["job_id"], rec["source"])]
+    if not matches:
+        raise UsageError(f"no job {job_ref!r} in {config.processing}. `hotfolder status` lists the queue.")
+    if len(matches) > 1:
+        ids = ", ".join(rec["job_id"] for _, rec in matches)
+        raise UsageError(f"{job_ref!r} matches several jobs ({ids}); give the job id.")
+    folder, rec = matches[0]
+    if _daemon_running(config):
+        write_json_atomic(folder / CANCEL_MARKER, {"requested_by": "hotfolder cancel", "pid": os.getpid()})
+        print(f"cancel requested for {rec['source']} ({rec['job_id']}): it stops at its next step "
+              f"and ends in {config.failed}")
+        return 0
+    job = Job(job_id=rec["job_id"], folder=folder, source=rec["source"], preset=rec.get("preset"),
+              arrival=rec.get("arrival", 0.0), seq=rec.get("seq", 0))
+    target = Spool(config).fail(job, cancelled_error("hotfolder cancel (no daemon was running)"))
+    print(f"cancelled {rec['source']} ({rec['job_id']}): moved to {target}")
+    return 0
+
+
+def cancelled_error(by: str) -> dict:
+    return {"status": "cancelled", "kind": "cancelled", "message": f"cancelled by {by}",
+            "hint": "To run it after all: `hotfolder retry` with this folder's name."}
+
+
+def _daemon_running(config: Config) -> bool:
+    """Whether a daemon holds the root's lock (a dead process's lock is free)."""
+    from hotfolder.daemon import RootLock
+
+    lock = RootLock(config.root)
+    try:
+        lock.acquire()
+    except UsageError:
+        return True
+    except FileNotFoundError:
+        return False
+    lock.release()
+    return False
+
+
+def retry(config: Config, job_ref: str) -> int:
+    candidates = []
+    for err_file in sorted(config.failed.glob("*/error.json")):
+        folder = err_file.parent
+        try:
+            err = json.loads(err_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if folder.name == job_ref or _matches(job_ref, str(err.get("job_id", "")), str(err.get("source", ""))):
+            candidates.append((folder, err))
+    if not candidates:
+        raise UsageError(f"no failed job {job_ref!r} in {config.failed}.")
+    folder, err = candidates[-1]  # the newest, if a file failed several times
+    source = Path(err["source"])
+    original = folder / source.name
+    if not os.path.lexists(original):
+        raise UsageError(f"{folder} no longer holds the original {source.name}; drop the job file again.")
+    dest_dir = config.inbox / source.parent
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / source.name
+    n = 1
+    while os.path.lexists(target):
+        n += 1
+        target = dest_dir / f"{source.stem} {n}{source.suffix}"
+    os.rename(original, target)
+    if err.get("index") is None:
+        shutil.rmtree(folder)
+    print(f"moved {source.name} back to {target}")
+    return 0
