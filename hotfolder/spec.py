@@ -58,6 +58,13 @@ class JobSpec:
     thumbnail: bool
     preset: str | None  # the inbox subfolder that supplied defaults, if any
     adjustments: tuple[str, ...] = ()
+    # Attachments (issue 6). Paths are relative to the job's folder as claimed; the daemon
+    # hands backends a copy of the spec whose `image` is an absolute path.
+    image: str | None = None  # [image] file: image-to-video conditioning
+    image_strength: float = 1.0
+    image_sha256: str | None = None  # part of the cache key
+    audio_file: str | None = None  # [audio] file: replaces the soundtrack (post-processing, not in the key)
+    tts: str | None = None  # [audio] tts: text to narrate (post-processing, not in the key)
 
 
 # --- What a job file may hold --------------------------------------------------

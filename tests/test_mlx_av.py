@@ -73,6 +73,19 @@ class Steps:
             raise Interrupted("cancelled by the test")
 
 
+def make_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
+    """A PNG of `size` (w, h): smooth colour gradients plus a seeded pattern."""
+    from PIL import Image
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    channels = [127 + 120 * np.sin(x / (7 + 5 * c) + y / (11 + 3 * c) + phase[c]) for c in range(3)]
+    Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8)).save(path)
+    return path
+
+
 def local_model(path: Path) -> ModelInfo:
     return ModelInfo(name=str(path), family="ltx2", local_path=str(path))
 
@@ -230,15 +243,48 @@ def test_a_transformer_of_another_shape_is_an_error(tmp_path: Path) -> None:
 # --- jobs the backend refuses before loading ------------------------------------
 
 
-def test_image_to_video_is_not_supported_yet() -> None:
+def test_an_unreadable_image_or_a_bad_strength_fails_before_loading(tmp_path: Path) -> None:
+    fake = tmp_path / "first_frame.png"
+    fake.write_text("not a picture")
     b = mlx_av.create(TINY, SimpleNamespace())
     try:
-        spec = SimpleNamespace(**dataclasses.asdict(make_spec()), image="first_frame.png")
-        with pytest.raises(JobInvalid, match="image-to-video is not supported yet"):
-            b.generate(spec, Steps())  # type: ignore[arg-type]
+        with pytest.raises(JobInvalid, match="image first_frame.png cannot be read as an image"):
+            b.generate(make_spec(image=str(fake)), Steps())
+        with pytest.raises(JobInvalid, match="image gone.png cannot be read"):
+            b.generate(make_spec(image=str(tmp_path / "gone.png")), Steps())
+        with pytest.raises(JobInvalid, match="image.strength = 1.5"):
+            b.generate(make_spec(image=str(make_image(tmp_path / "ok.png", (192, 128))), image_strength=1.5), Steps())
         assert not b.loaded
     finally:
         b.close()
+
+
+def test_the_image_is_fitted_by_cover_and_centre_crop(tmp_path: Path) -> None:
+    from PIL import Image
+
+    # Wider than 3:2: full height kept, centre columns cropped (300x100 covers 192x128 as 384x128).
+    wide = Image.open(make_image(tmp_path / "wide.png", (300, 100)))
+    pixels, info = mlx_av.fit_image(wide, 192, 128)
+    assert pixels.shape == (128, 192, 3) and pixels.dtype == np.uint8
+    assert info == {"method": "cover+centre-crop", "original": [300, 100], "crop_box": [75, 0, 225, 100],
+                    "target": [192, 128]}  # fmt: skip
+    assert mlx_av.cover_crop_box((100, 300), (192, 128)) == (0, 116, 100, 183)  # taller: centre rows
+    assert mlx_av.fit_image(wide, 96, 64)[1]["crop_box"] == [75, 0, 225, 100]  # stage 1: the same box
+    # The target's aspect ratio: nothing cropped, and exactly the package's own resize (load_image).
+    same = tmp_path / "same.png"
+    make_image(same, (384, 256))
+    pixels, info = mlx_av.fit_image(Image.open(same).convert("RGB"), 192, 128)
+    assert info["crop_box"] == [0, 0, 384, 256]
+    from mlx_video.utils import load_image
+
+    assert np.array_equal(pixels.astype(np.float32) / 255.0, np.array(load_image(str(same), 128, 192)))
+    # A phone photo stored sideways (EXIF orientation 6) is fitted upright.
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(make_image(tmp_path / "raw.png", (100, 300))).save(rotated, exif=exif)
+    upright = mlx_av.open_image(make_spec(image=str(rotated)))
+    assert upright.size == (300, 100)
 
 
 def test_sizes_the_package_cannot_run_are_refused() -> None:
@@ -370,6 +416,96 @@ def test_the_clip_equals_the_package_entry_point_output(tmp_path: Path) -> None:
     assert np.array_equal(clip.frames, frames)
     fitted, _ = mlx_av.fit_audio(audio, spec.num_frames / spec.fps, 24000)
     assert np.array_equal(clip.audio, fitted)
+
+
+# --- image-to-video ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_image_to_video_conditions_the_clip_on_the_image(tmp_path: Path) -> None:
+    owl = make_image(tmp_path / "owl.png", (300, 200), seed=1)
+    fox = make_image(tmp_path / "fox.png", (300, 200), seed=2)
+    b = mlx_av.create(TINY, SimpleNamespace())
+    try:
+        b.load()
+        assert b._parts.vae_encoder is None  # text-to-video never loads the encoder
+        plain = b.generate(make_spec(), Steps())
+        steps = Steps()
+        first = b.generate(make_spec(image=str(owl)), steps)
+        again = b.generate(make_spec(image=str(owl)), Steps())
+        other = b.generate(make_spec(image=str(fox)), Steps())
+        weaker = b.generate(make_spec(image=str(owl), image_strength=0.5), Steps())
+    finally:
+        b.close()
+    assert not np.array_equal(plain.frames, first.frames)  # the image changes the clip
+    assert np.array_equal(first.frames, again.frames) and np.array_equal(first.audio, again.audio)
+    assert not np.array_equal(first.frames, other.frames)  # another image, another clip
+    assert not np.array_equal(first.frames, weaker.frames)  # strength is used
+    assert first.frames.shape == (9, 128, 192, 3) and first.audio.shape == (2, 9000)
+    assert steps.calls == [("stage1", i, 8) for i in range(1, 9)] + [("stage2", i, 3) for i in range(1, 4)]
+    info = first.info
+    assert info["image_to_video"] and not plain.info["image_to_video"] and "image_fit" not in plain.info
+    assert info["image_fit"] == {"method": "cover+centre-crop", "original": [300, 200], "crop_box": [0, 0, 300, 200],
+                                 "target": [192, 128]}  # fmt: skip
+    assert info["image_strength"] == 1.0 and weaker.info["image_strength"] == 0.5
+    assert info["vae_encoder_load_s"] > 0 and again.info["vae_encoder_load_s"] == 0.0  # loaded once, then resident
+    assert again.info["resident_memory_bytes"] > plain.info["resident_memory_bytes"]
+
+
+def test_the_image_latent_replaces_the_first_frame_noised_by_one_minus_strength() -> None:
+    shape = (1, 128, 3, 2, 3)
+    upsampled = mx.full(shape, 5.0)
+    image = mx.full((1, 128, 1, 2, 3), 2.0)
+    noise = mx.full(shape, -1.0)
+    state = mlx_av._condition(upsampled, mx.zeros(shape), image, 1.0, mx.float32)
+    assert state.denoise_mask.reshape(-1).tolist() == [0.0, 1.0, 1.0]
+    assert mx.array_equal(state.clean_latent[:, :, :1], image).item()
+    full = mlx_av._noise_state(state, noise, 0.909375, mx.float32)
+    assert mx.array_equal(full[:, :, :1], image).item()  # strength 1: exactly the image
+    assert mx.allclose(full[:, :, 1:], mx.full((1, 128, 2, 2, 3), -0.909375 + 5.0 * (1 - 0.909375))).item()
+    half = mlx_av._noise_state(mlx_av._condition(upsampled, mx.zeros(shape), image, 0.5, mx.float32), noise, 1.0,
+                               mx.float32)  # fmt: skip
+    assert mx.allclose(half[:, :, :1], mx.full(image.shape, 0.5 * -1.0 + 0.5 * 2.0)).item()
+
+
+@pytest.mark.slow
+def test_image_to_video_equals_the_package_entry_point_output(tmp_path: Path) -> None:
+    """The package's one-shot image-to-video (its LatentState/apply_conditioning path), bit for bit."""
+    folder = tiny_mlx.build(tmp_path / "tiny")
+    image = make_image(tmp_path / "first_frame.png", (384, 256))  # 3:2, so the package's stretch equals our crop
+    spec = make_spec(image=str(image), image_strength=0.8)
+    b = mlx_av.create(local_model(folder), SimpleNamespace())
+    try:
+        clip = b.generate(spec, Steps())
+    finally:
+        b.close()
+    with tiny_mlx.package_entry_point(folder) as run:
+        frames, audio = run(spec.prompt, spec.height, spec.width, spec.num_frames, spec.seed, 24,
+                            image=str(image), image_strength=0.8)  # fmt: skip
+    assert np.array_equal(clip.frames, frames)
+    fitted, _ = mlx_av.fit_audio(audio, spec.num_frames / spec.fps, 24000)
+    assert np.array_equal(clip.audio, fitted)
+
+
+@pytest.mark.slow
+def test_a_missing_or_incomplete_vae_encoder_fails_image_jobs_only(tmp_path: Path) -> None:
+    folder = tiny_mlx.build(tmp_path / "tiny", layout="split")
+    encoder_file = folder / "vae_encoder.safetensors"
+    weights = mx.load(str(encoder_file))
+    encoder_file.unlink()
+    image = make_image(tmp_path / "first_frame.png", (192, 128))
+    b = mlx_av.create(local_model(folder), SimpleNamespace())
+    try:
+        with pytest.raises(WeightsMissing, match="image-to-video needs the video VAE encoder") as caught:
+            b.generate(make_spec(image=str(image)), Steps())
+        assert "vae_encoder.safetensors" in str(caught.value)
+        assert caught.value.hint.endswith(f"Run: hotfolder models pull {folder}")
+        assert b.loaded  # the rest of the model stays resident
+        mx.save_safetensors(str(encoder_file), {k: v for k, v in weights.items() if not k.startswith("conv_out.")})
+        with pytest.raises(WeightsMissing, match="the video VAE encoder weights do not match.*missing"):
+            b.generate(make_spec(image=str(image)), Steps())
+    finally:
+        b.close()
 
 
 @pytest.mark.slow

@@ -11,6 +11,10 @@ memory, and runs the package's two-stage pipeline per job:
     stage 2: refine at full size (3 steps)
     video VAE decode (tiled when large) -> frames; audio VAE + vocoder -> waveform
 
+Image-to-video conditions the first latent frame of both stages on the job's
+image, encoded by the video VAE encoder (loaded on the first image job, then
+resident), as the package's `generate_video_with_audio(image=...)` does.
+
 It is built and checked against one version of the package (PINNED_VERSION),
 because it calls that version's internal functions. All MLX work runs on one
 thread that the backend owns: MLX's random seed and default device are
@@ -23,7 +27,9 @@ Deliberate differences from the package's entry point (defects: see below):
 - a loaded component with missing weights is an error (the package loads with
   strict=False, which keeps random weights silently);
 - video RoPE positions use the job's fps (the package always uses 24; equal at
-  24 fps, where the output is bit-identical to the package's entry point).
+  24 fps, where the output is bit-identical to the package's entry point);
+- the image is fitted by cover + centre-crop (the package stretches it to the
+  target size; the same where the aspect ratios match) after its EXIF rotation.
 """
 
 from __future__ import annotations
@@ -171,6 +177,7 @@ class _Parts:
     vocoder: Any
     draws_between_stages: int | None  # random draws the package makes while loading upsampler+VAE
     resident_bytes: int
+    vae_encoder: Any = None  # image-to-video only: loaded on the first image job, then resident
 
 
 class MlxBackend:
@@ -311,12 +318,22 @@ class MlxBackend:
         gc.collect()
         mx.clear_cache()
 
+    def _ensure_vae_encoder(self, p: _Parts) -> float:
+        """Load the video VAE encoder once (first image job); returns the seconds it took."""
+        if p.vae_encoder is not None:
+            return 0.0
+        start = time.perf_counter()
+        p.vae_encoder = _load_vae_encoder(p.paths, self.model.name)
+        p.resident_bytes += _tree_bytes(p.vae_encoder.parameters())
+        return time.perf_counter() - start
+
     # --- generate -----------------------------------------------------------
 
     def _generate(self, spec: JobSpec, on_step: OnStep | None) -> Clip:
         import mlx.core as mx
 
         _check_spec(spec)
+        image = open_image(spec) if getattr(spec, "image", None) else None  # a bad file fails before loading
         load_s = 0.0
         if self._parts is None:
             self._load()
@@ -324,7 +341,7 @@ class MlxBackend:
         mx.reset_peak_memory()
         start = time.perf_counter()
         try:
-            clip = self._pipeline(self._parts, spec, on_step or (lambda *_: None))
+            clip = self._pipeline(self._parts, spec, on_step or (lambda *_: None), image)
         except HotfolderError:  # Interrupted included
             raise
         except Exception as e:
@@ -339,7 +356,7 @@ class MlxBackend:
         )
         return clip
 
-    def _pipeline(self, p: _Parts, spec: JobSpec, on_step: OnStep) -> Clip:
+    def _pipeline(self, p: _Parts, spec: JobSpec, on_step: OnStep, image=None) -> Clip:
         import mlx.core as mx
         from mlx_video.generate_av import (
             AUDIO_LATENT_CHANNELS,
@@ -368,15 +385,38 @@ class MlxBackend:
             mx.clear_cache()
         dtype = video_emb.dtype
 
-        # 2. Stage 1 at half size from pure noise (the package's seed and draw order).
+        # 1b. Image-to-video: the image fitted and encoded at both stages' sizes (the package
+        #     does this before seeding stage 1, so the encoder's first load draws nothing that counts).
+        image_info: dict[str, Any] = {}
+        latents1 = latents2 = None
+        if image is not None:
+            encoder_load_s = self._ensure_vae_encoder(p)
+            latents1, _ = _encode_image(p.vae_encoder, image, width // 2, height // 2, dtype)  # same crop box
+            latents2, fit = _encode_image(p.vae_encoder, image, width, height, dtype)
+            image_info = {
+                "image_fit": fit,
+                "image_strength": float(spec.image_strength),
+                "image_latent_frame": 0,
+                "vae_encoder_load_s": round(encoder_load_s, 3),
+            }
+
+        # 2. Stage 1 at half size (the package's seed and draw order): pure noise, or with
+        #    the image in the first latent frame, noised by (1 - strength).
         mx.random.seed(spec.seed)
         video_pos = create_video_position_grid(1, latent_frames, height // 64, width // 64, fps=fps)
         audio_pos = create_audio_position_grid(1, audio_frames)
-        video = mx.random.normal((1, 128, latent_frames, height // 64, width // 64)).astype(dtype)
+        shape1 = (1, 128, latent_frames, height // 64, width // 64)
+        state1 = None
+        if latents1 is not None:
+            zeros = mx.zeros(shape1, dtype=dtype)
+            state1 = _condition(zeros, mx.zeros(shape1, dtype=dtype), latents1, spec.image_strength, dtype)
+            video = _noise_state(state1, mx.random.normal(shape1).astype(dtype), DEFAULT_STAGE_1_SIGMAS[0], dtype)
+        else:
+            video = mx.random.normal(shape1).astype(dtype)
         audio = mx.random.normal((1, AUDIO_LATENT_CHANNELS, audio_frames, AUDIO_MEL_BINS)).astype(dtype)
         embeddings = (video_emb, audio_emb)
         video, audio = _denoise(p.transformer, "stage1", video, audio, video_pos, audio_pos, embeddings,
-                                DEFAULT_STAGE_1_SIGMAS, on_step)  # fmt: skip
+                                DEFAULT_STAGE_1_SIGMAS, on_step, state1)  # fmt: skip
 
         # 3. Upsample the video latents 2x, then re-noise both to the first stage-2 sigma.
         _skip_draws(p.draws_between_stages)
@@ -385,15 +425,21 @@ class MlxBackend:
         video_pos = create_video_position_grid(1, latent_frames, height // 32, width // 32, fps=fps)
         noise_scale = mx.array(DEFAULT_STAGE_2_SIGMAS[0], dtype=dtype)
         keep = mx.array(1.0, dtype=dtype) - noise_scale
-        video_noise = mx.random.normal(video.shape).astype(dtype)
+        state2 = None
+        if latents2 is not None:  # the image's frame replaces the upsampled one, noised by (1 - strength)
+            state2 = _condition(video, mx.zeros_like(video), latents2, spec.image_strength, dtype)
+            video_noise = mx.random.normal(video.shape).astype(dtype)
+            video = _noise_state(state2, video_noise, DEFAULT_STAGE_2_SIGMAS[0], dtype)
+        else:
+            video_noise = mx.random.normal(video.shape).astype(dtype)
+            video = video_noise * noise_scale + video * keep
         audio_noise = mx.random.normal(audio.shape).astype(dtype)
-        video = video_noise * noise_scale + video * keep
         audio = audio_noise * noise_scale + audio * keep
         mx.eval(video, audio)
 
         # 4. Stage 2: refine at full size.
         video, audio = _denoise(p.transformer, "stage2", video, audio, video_pos, audio_pos, embeddings,
-                                DEFAULT_STAGE_2_SIGMAS, on_step)  # fmt: skip
+                                DEFAULT_STAGE_2_SIGMAS, on_step, state2)  # fmt: skip
 
         # 5. Decode the video, tiled when large (the package's "auto").
         tiling = TilingConfig.auto(height, width, frames)
@@ -435,6 +481,8 @@ class MlxBackend:
             "rms_norm_workaround": True,
             "audio_fit_samples": fitted,
             "audio_normalized_peak": AUDIO_PEAK if audio_np is not None else None,
+            "image_to_video": image is not None,
+            **image_info,
         }
         if p.paths.tiny:
             from hotfolder.backends.tiny_mlx import LABEL
@@ -517,17 +565,24 @@ class _MlxThread:
 # --- pieces -----------------------------------------------------------------
 
 
-def _denoise(transformer, stage: str, video, audio, video_pos, audio_pos, embeddings, sigmas, on_step: OnStep):
+def _denoise(transformer, stage: str, video, audio, video_pos, audio_pos, embeddings, sigmas, on_step: OnStep,
+             state=None):  # fmt: skip
     """The package's denoise loop, one step per call so that progress and cancel work.
 
-    `denoise_av` keeps no state between steps on this path (text-to-video, no
-    gradient estimation), so calling it on each pair of sigmas is the same loop.
+    `denoise_av` keeps no state between steps on this path (no gradient
+    estimation), so calling it on each pair of sigmas is the same loop. With
+    image conditioning (`state`: a LatentState), `denoise_av` starts from
+    `state.latent`, so each call gets the current latents in a copy of it.
     It still prints its own "STAGE:n:STEP:1:1" line to stderr per call.
     """
+    from mlx_video.conditioning.latent import LatentState
     from mlx_video.generate_av import denoise_av
 
     total = len(sigmas) - 1
     for i in range(total):
+        step_state = None
+        if state is not None:
+            step_state = LatentState(latent=video, clean_latent=state.clean_latent, denoise_mask=state.denoise_mask)
         video, audio = denoise_av(
             video,
             audio,
@@ -540,6 +595,7 @@ def _denoise(transformer, stage: str, video, audio, video_pos, audio_pos, embedd
             transformer,
             sigmas[i : i + 2],
             verbose=False,
+            video_state=step_state,
             stage=1 if stage == "stage1" else 2,
             cfg_scale=1.0,
             use_legacy_euler=True,
@@ -548,10 +604,35 @@ def _denoise(transformer, stage: str, video, audio, video_pos, audio_pos, embedd
     return video, audio
 
 
+def _condition(latent, clean, image_latent, strength: float, dtype):
+    """The package's LatentState + apply_conditioning for one image at latent frame 0."""
+    import mlx.core as mx
+    from mlx_video.conditioning import VideoConditionByLatentIndex, apply_conditioning
+    from mlx_video.conditioning.latent import LatentState
+
+    frames = latent.shape[2]
+    state = LatentState(latent=latent, clean_latent=clean, denoise_mask=mx.ones((1, 1, frames, 1, 1), dtype=dtype))
+    condition = VideoConditionByLatentIndex(latent=image_latent, frame_idx=min(0, frames - 1), strength=float(strength))
+    return apply_conditioning(state, [condition])
+
+
+def _noise_state(state, noise, sigma: float, dtype):
+    """The package's noiser: conditioned frames keep (1 - sigma * mask) of the image latent."""
+    import mlx.core as mx
+
+    scaled_mask = state.denoise_mask * mx.array(sigma, dtype=dtype)
+    latent = noise * scaled_mask + state.latent * (mx.array(1.0, dtype=dtype) - scaled_mask)
+    mx.eval(latent)
+    return latent
+
+
 def _check_spec(spec: JobSpec) -> None:
     problems = []
     if getattr(spec, "image", None):
-        problems.append(Problem("image-to-video is not supported yet by the MLX backend", key="image"))
+        strength = getattr(spec, "image_strength", 1.0)
+        if not 0 < strength <= 1:
+            problems.append(Problem(f"image.strength = {strength}: give a number greater than 0 and at most 1",
+                                    key="image.strength", value=strength))  # fmt: skip
     for key in ("width", "height"):
         value = getattr(spec, key)
         if value <= 0 or value % 64:
@@ -561,6 +642,96 @@ def _check_spec(spec: JobSpec) -> None:
         problems.append(Problem(f"num_frames = {frames}: the MLX backend needs 8k+1", key="num_frames", value=frames))
     if problems:
         raise JobInvalid(spec.source, problems)
+
+
+def open_image(spec: JobSpec):
+    """The job's image as an RGB Pillow image, EXIF rotation applied; JobInvalid if unreadable."""
+    from PIL import Image, ImageOps
+
+    path = Path(spec.image)
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)  # a copy, upright as a viewer shows it
+            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
+        raise JobInvalid(
+            spec.source, [Problem(f"image {path.name} cannot be read as an image: {e}", key="image.file")]
+        ) from e
+    return image
+
+
+def cover_crop_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The centred box of `size` (w, h) with the aspect ratio of `target` (w, h): cover, then crop."""
+    w, h = size
+    tw, th = target
+    if w * th > tw * h:  # wider than the target: keep the full height
+        cw = min(w, max(1, round(h * tw / th)))
+        left = (w - cw) // 2
+        return left, 0, left + cw, h
+    ch = min(h, max(1, round(w * th / tw)))
+    top = (h - ch) // 2
+    return 0, top, w, top + ch
+
+
+def fit_image(image, width: int, height: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cover `width` x `height` and centre-crop (Lanczos, from the original pixels).
+
+    With the target's aspect ratio the box is the whole image, and this is the
+    package's own `load_image` resize. Returns uint8 (height, width, 3) and what
+    was done, for the clip's metadata.
+    """
+    from PIL import Image
+
+    box = cover_crop_box(image.size, (width, height))
+    fitted = image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+    info = {
+        "method": "cover+centre-crop",
+        "original": [image.size[0], image.size[1]],
+        "crop_box": list(box),  # left, top, right, bottom in the original's pixels
+        "target": [width, height],
+    }
+    return np.asarray(fitted, dtype=np.uint8), info
+
+
+def _encode_image(encoder, image, width: int, height: int, dtype):
+    """Image -> one normalised latent frame (1, 128, 1, height/32, width/32), as the package prepares it."""
+    import mlx.core as mx
+    from mlx_video.utils import prepare_image_for_encoding
+
+    pixels, info = fit_image(image, width, height)
+    tensor = mx.array(pixels.astype(np.float32) / 255.0, dtype=dtype)  # as mlx_video.utils.load_image
+    latent = encoder(prepare_image_for_encoding(tensor, height, width, dtype=dtype))
+    mx.eval(latent)
+    return latent, info
+
+
+def _load_vae_encoder(paths: _Paths, name: str):
+    """The package's video VAE encoder for image-to-video; WeightsMissing when the model lacks it."""
+    from mlx_video.models.ltx.video_vae.encoder import load_vae_encoder
+
+    model_dir = paths.model_dir
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        present = any(k.startswith("vae_encoder.") for k in _safetensors_keys(single))
+    else:
+        present = (model_dir / "vae_encoder.safetensors").is_file()
+    if not present:
+        where = "vae_encoder.* tensors in model.safetensors" if single.is_file() else "vae_encoder.safetensors"
+        raise WeightsMissing(
+            f"model {name}: image-to-video needs the video VAE encoder, and {model_dir} has no {where}.",
+            hint=f"The download may be incomplete. Run: hotfolder models pull {name}",
+        )
+    with _WeightAudit() as audit:
+        encoder = load_vae_encoder(str(model_dir), use_unified=True)  # as the package's entry point
+    audit.check(name, "video VAE encoder", encoder)
+    _eval_in_chunks([encoder.parameters()])
+    return encoder
+
+
+def _tree_bytes(tree) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(a.nbytes for _, a in tree_flatten(tree))
 
 
 def _memory_hint(error: Exception) -> str | None:

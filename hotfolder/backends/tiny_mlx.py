@@ -2,8 +2,8 @@
 
 For tests, the demo and benchmarks only; it is never presented as a real model.
 It runs the real mlx-video-with-audio pipeline code (Gemma text encoder,
-connectors, audio-video transformer, latent upsampler, video VAE decoder, audio
-VAE decoder, vocoder) with random weights, deterministic and without downloads,
+connectors, audio-video transformer, latent upsampler, video VAE decoder and
+encoder, audio VAE decoder, vocoder) with random weights, deterministic and without downloads,
 shrunk so that a 2-core CPU runs a job in seconds. It keeps what fixes the
 shapes of a job: 128 latent channels, the real 32x spatial / 8x temporal video
 compression (three 2x2x2 depth-to-space stages plus a 4x4 patch), the 8x16
@@ -20,6 +20,9 @@ How far the package lets it shrink (mlx-video-with-audio 0.1.37):
 - Gemma, connectors, VAE decoder block layout and vocoder: through the files the
   package reads (`text_encoder/config.json`, `embedded_config.json`).
 - Upsampler: the package reads its width from the weights.
+- Video VAE encoder: its block layout through `embedded_config.json`
+  (`vae.encoder_blocks`); the loader builds it 128 channels wide, but plain
+  convolution blocks follow the weights' shapes, so it runs 16 wide.
 - Video VAE decoder and audio VAE decoder: the package hard-codes their widths
   (1024/512/256/128 and ch=128) but their forward passes follow the weights'
   shapes, so narrower weights run through the package's own modules.
@@ -89,6 +92,19 @@ VAE_DECODER_BLOCKS = [  # encoder order, as in embedded_config.json (real: res_x
     ["compress_all", {"residual": True, "multiplier": 2}],
     ["res_x", {"num_layers": 1}],
 ]
+# The video VAE encoder (image-to-video): the real compression (4x4 patch, then 8x in space
+# and time) at 16 channels (real: 128 after conv_in, doubling at each compression). Plain
+# strided convolutions: the package's space-to-depth blocks hard-code their width at build.
+VAE_ENCODER_WIDTH = 16
+VAE_ENCODER_BLOCKS = [  # as in embedded_config.json (real: res_x 4/6/6/2/2 layers, *_res compressions)
+    ["res_x", {"num_layers": 1}],
+    ["compress_space", {}],
+    ["res_x", {"num_layers": 1}],
+    ["compress_time", {}],
+    ["compress_all", {}],
+    ["compress_all", {}],
+    ["res_x", {"num_layers": 1}],
+]
 AUDIO_DECODER_CH = 8  # real: 128
 VOCODER: dict[str, Any] = {  # real: 1024 channels, resblocks [3, 7, 11]
     "upsample_initial_channel": 64,
@@ -116,6 +132,7 @@ def build(dest: Path, *, layout: str = "unified", quantized: bool = False) -> Pa
         "transformer": _transformer(quantized),
         "connector": _connector(),
         "vae_decoder": _vae_decoder(),
+        "vae_encoder": _vae_encoder(),
         "audio_vae": _audio_decoder(),
         "vocoder": _vocoder(),
         "upsampler": _upsampler(),
@@ -144,7 +161,11 @@ def build(dest: Path, *, layout: str = "unified", quantized: bool = False) -> Pa
                 "caption_channels": CONNECTOR_DIM,
                 "audio_caption_channels": CONNECTOR_DIM,
             },
-            "vae": {"decoder_blocks": VAE_DECODER_BLOCKS, "timestep_conditioning": False},
+            "vae": {
+                "decoder_blocks": VAE_DECODER_BLOCKS,
+                "encoder_blocks": VAE_ENCODER_BLOCKS,
+                "timestep_conditioning": False,
+            },
             "vocoder": {"vocoder": VOCODER},
         },
     )
@@ -165,7 +186,8 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
     - its file output is stubbed: the OpenCV 'avc1' writer fails silently on Linux
       and the ffmpeg mux needs ffmpeg on PATH. Everything before the writing
       (loading, both stages, both decoders) runs unchanged.
-    Yields `run(prompt, height, width, num_frames, seed, fps) -> (frames, audio)`.
+    Yields `run(prompt, height, width, num_frames, seed, fps, image=None, image_strength=1.0)
+    -> (frames, audio)`; with an image, the package's image-to-video at frame 0.
     """
     import mlx_video.generate_av as gav
 
@@ -181,7 +203,8 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
         Path(video_path).touch()  # the package deletes its temp video after a mux
         return True
 
-    def run(prompt: str, height: int, width: int, num_frames: int, seed: int, fps: int = 24):
+    def run(prompt: str, height: int, width: int, num_frames: int, seed: int, fps: int = 24,
+            image: str | None = None, image_strength: float = 1.0):  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="hotfolder-oneshot-") as out:
             return gav.generate_video_with_audio(
                 str(model_dir),
@@ -194,6 +217,9 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
                 fps=fps,
                 output_path=str(Path(out) / "out.mp4"),
                 verbose=False,
+                image=image,
+                image_strength=image_strength,
+                image_frame_idx=0,
             )
 
     apply_rms_norm_fix()
@@ -288,6 +314,54 @@ def _vae_decoder() -> dict:
     weights = {k: v for k, v in _flat(dec).items() if k not in ("latents_mean", "latents_std")}
     weights["per_channel_statistics.mean"] = mx.zeros((128,))
     weights["per_channel_statistics.std"] = mx.ones((128,))
+    return weights
+
+
+def _vae_encoder() -> dict:
+    """The package's VideoEncoder (image-to-video) with its 128-wide layers narrowed to 16.
+
+    The package's loader builds the encoder from `encoder_blocks` at 128 channels;
+    the forward passes of these blocks follow the weights' shapes, so narrower
+    weights run through the package's own modules, as for the decoder.
+    """
+    import mlx.core as mx
+    from mlx_video.models.ltx.video_vae.convolution import CausalConv3d, PaddingModeType
+    from mlx_video.models.ltx.video_vae.video_vae import (
+        LogVarianceType,
+        NormLayerType,
+        VideoEncoder,
+        _make_encoder_block,
+    )
+
+    pad = PaddingModeType.ZEROS  # the loader's default
+    blocks = [(name, params) for name, params in VAE_ENCODER_BLOCKS]
+    enc = VideoEncoder(
+        encoder_blocks=blocks,
+        patch_size=4,
+        norm_layer=NormLayerType.PIXEL_NORM,
+        latent_log_var=LogVarianceType.UNIFORM,
+        encoder_spatial_padding_mode=pad,
+    )
+    width = VAE_ENCODER_WIDTH
+    enc.conv_in = CausalConv3d(3 * 4 * 4, width, kernel_size=3, stride=1, padding=1, causal=True,
+                               spatial_padding_mode=pad)  # fmt: skip
+    for i, (name, params) in enumerate(blocks):
+        enc.down_blocks[i], width = _make_encoder_block(
+            block_name=name,
+            block_config=params,
+            in_channels=width,
+            convolution_dimensions=3,
+            norm_layer=NormLayerType.PIXEL_NORM,
+            norm_num_groups=32,
+            spatial_padding_mode=pad,
+        )
+    enc.conv_out = CausalConv3d(width, 128 + 1, kernel_size=3, stride=1, padding=1, causal=True,
+                                spatial_padding_mode=pad)  # fmt: skip
+    _randomize(enc, "vae_encoder", dtype="float32")
+    weights = {k: v for k, v in _flat(enc).items() if not k.startswith("per_channel_statistics.")}
+    # Set by hand by the package's loader (the names of the split LTX-2.3 shards).
+    weights["per_channel_statistics._mean_of_means"] = mx.zeros((128,))
+    weights["per_channel_statistics._std_of_means"] = mx.ones((128,))
     return weights
 
 
