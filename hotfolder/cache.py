@@ -81,7 +81,7 @@ except ImportError:  # pragma: no cover - not a supported platform (no flock, no
 
 log = structlog.get_logger("hotfolder.cache")
 
-KEY_SCHEMA = 1  # bump when the key's encoding or its set of fields changes
+KEY_SCHEMA = 2  # bump when the key's encoding, its fields, or what a mode generates changes (2: two-stage production)
 MANIFEST_SCHEMA = 1
 VIDEO = "video.mp4"
 MANIFEST = "manifest.json"

@@ -2,6 +2,16 @@
 
 One resident pipeline per backend object: `load()` once (from local weights only,
 never downloading), `generate()` many times, `close()` to give the memory back.
+
+- `mode = "preview"`: one denoising stage at the job's size.
+- `mode = "production"` (LTX-2): stage 1 at half size, the LTX-2 latent upsampler x2
+  (loaded by the first production job, then resident), stage 2 refining at full size
+  from a partial sigma in 3 steps, as the LTX-2 reference two-stage pipelines do.
+  LTX-Video runs production as one stage at full size.
+- An image (`spec.image`): image-to-video through pipelines built over the resident
+  modules (`cls(**pipe.components)`: the same weights, never a second copy), the image
+  fitted to each stage's size by cover + centre-crop.
+
 The `tiny` models are built in code by `hotfolder.backends.tiny` (their output is
 noise). torch and diffusers are imported inside functions, so importing this
 module stays cheap until `load()`.
@@ -10,6 +20,8 @@ module stays cheap until `load()`.
 from __future__ import annotations
 
 import gc
+import inspect
+import subprocess
 import sys
 import time
 import traceback
@@ -41,6 +53,18 @@ NO_GUIDANCE_LTX2: dict[str, Any] = {
     "spatio_temporal_guidance_blocks": None,
     "use_cross_timestep": False,
 }
+
+
+# The latent upsampler's folder in an LTX-2 Diffusers repository (not a pipeline component, so
+# it is not in model_index.json): what `LTX2LatentUpsamplerModel.from_pretrained(repo,
+# subfolder="latent_upsampler")` reads in the Diffusers LTX-2 docs. `hotfolder models pull`
+# must fetch it too for production jobs.
+UPSAMPLER_SUBFOLDER = "latent_upsampler"
+
+# LTX-2 was trained on conditioning images that went through H.264 at this CRF; Diffusers
+# re-compresses them the same way (`resolve_default_image_crf`: 33 through LTX-2.3, 18 for
+# LTX-2.5's Gemma 4 text encoder) but needs PyAV for it. We do it with the bundled ffmpeg.
+IMAGE_CRF = 33
 
 
 def create(model: ModelInfo, config: Config) -> DiffusersBackend:
@@ -107,6 +131,12 @@ class DiffusersBackend:
         self.pipeline_class = ""  # e.g. "LTX2Pipeline", set by load()
         self.load_s: float | None = None  # seconds the last load() took
         self.offload = False  # model CPU offload (a GPU too small to hold the whole pipeline)
+        # Production (LTX-2): the latent upsampler, loaded by the first production job, then resident.
+        self.upsampler: Any = None
+        self.upsample_pipe: Any = None  # LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
+        self._upsampler_source = ""
+        # Pipelines built over the resident modules (image-to-video, stage 2), by (class, scheduler).
+        self._views: dict[tuple[str, str], Any] = {}
 
     # -- load -----------------------------------------------------------------
 
@@ -218,7 +248,12 @@ class DiffusersBackend:
     # -- generate ---------------------------------------------------------------
 
     def generate(self, spec: JobSpec, on_step: OnStep) -> Clip:
-        """Generate one clip. Raises BackendError (retryable) and lets Interrupted through."""
+        """Generate one clip. Raises BackendError (retryable) and lets Interrupted through.
+
+        preview: one stage at the spec's size. production (LTX-2): stage 1 at half
+        size, the latent upsampler x2, stage 2 refining at full size (see `_two_stages`).
+        With `spec.image`: image-to-video, the image fitted to each stage's size.
+        """
         import numpy as np
         import torch
 
@@ -226,43 +261,52 @@ class DiffusersBackend:
         if pipe is None:
             raise RuntimeError("DiffusersBackend.generate() called before load()")
         is_ltx2 = self.model.family == "ltx2"
-        cls = self.pipeline_class
 
         # 1. The spec must already be snapped: the pipeline would silently round frames down.
         space, frame_step = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
         if spec.width % space or spec.height % space or (spec.num_frames - 1) % frame_step:
             raise BackendError(
-                f"{spec.width}x{spec.height}, {spec.num_frames} frames is not what {cls} produces: width and height "
-                f"must be multiples of {space} and frames {frame_step}k+1 (the job should have been snapped)"
+                f"{spec.width}x{spec.height}, {spec.num_frames} frames is not what {self.pipeline_class} produces: "
+                f"width and height must be multiples of {space} and frames {frame_step}k+1 (the job should have "
+                "been snapped)"
             )
+        image = self._open_image(spec.image) if spec.image else None
+        two_stages = spec.mode == "production" and is_ltx2
+        if two_stages:
+            self._load_upsampler()  # WeightsMissing (permanent) before any work
 
-        # 2. Arguments.
-        def on_step_end(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            on_step("denoise", i + 1, _pipe.num_timesteps)
-            return tensors
-
-        kwargs: dict[str, Any] = {
+        # 2. Arguments every stage shares.
+        guidance_off = self.model.tiny or self.model.guidance <= 1.0
+        common: dict[str, Any] = {
             "prompt": spec.prompt,
             "negative_prompt": spec.negative_prompt,
-            "width": spec.width,
-            "height": spec.height,
             "num_frames": spec.num_frames,
             "frame_rate": spec.fps,
-            "num_inference_steps": spec.steps,
             "guidance_scale": self.model.guidance,
             "generator": torch.Generator("cpu").manual_seed(spec.seed),
-            "output_type": "np",
-            "callback_on_step_end": on_step_end,
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
-        if self.model.tiny or self.model.guidance <= 1.0:
+        if guidance_off:
             # Guidance off: the tiny models (noise whatever the guidance) and distilled weights (guidance 1).
-            kwargs.update(NO_GUIDANCE_LTX2 if is_ltx2 else {"guidance_scale": 1.0})
+            common.update(NO_GUIDANCE_LTX2 if is_ltx2 else {"guidance_scale": 1.0})
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "model": self.model.name,
+            "tiny": self.model.tiny,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "guidance": common["guidance_scale"],
+            "mode": spec.mode,
+        }
+        run = _Run(on_step)
 
         # 3. Run.
         started = time.monotonic()
         try:
-            out = pipe(**kwargs)
+            if two_stages:
+                out = self._two_stages(spec, image, common, run, info)
+            else:
+                out = self._one_stage(spec, image, common, run, info)
         except HotfolderError as e:  # Interrupted from on_step, or our own errors
             traceback.clear_frames(e.__traceback__)  # free the pipeline's tensors held by the traceback
             raise
@@ -272,18 +316,19 @@ class DiffusersBackend:
             if _is_oom(e):
                 raise BackendError(
                     f"out of memory on {self.device} generating {spec.width}x{spec.height}, {spec.num_frames} frames "
-                    f"with {self.model.name}",
+                    f"({spec.mode}{', ' + run.stage if two_stages else ''}) with {self.model.name}",
                     hint=OOM_HINT,
                 ) from e
-            raise BackendError(f"{cls} ({self.model.name}) failed: {type(e).__name__}: {e}") from e
-        seconds = time.monotonic() - started
+            where = f" in {run.stage}" if two_stages else ""
+            raise BackendError(f"{run.pipeline} ({self.model.name}) failed{where}: {type(e).__name__}: {e}") from e
+        info["seconds"] = round(time.monotonic() - started, 3)
 
         # 4. Frames: float32 (1, F, H, W, 3) in [0, 1] -> uint8, converted in place (a 121-frame
         # 640x352 clip is 330 MB as float32: fresh temporaries cost more than the conversion).
         frames = out.frames[0]
         if not np.isfinite(frames.sum()):
             raise BackendError(
-                f"{cls} produced NaN frames on {self.device} in {str(self.dtype).removeprefix('torch.')} "
+                f"{run.pipeline} produced NaN frames on {self.device} in {str(self.dtype).removeprefix('torch.')} "
                 "(numerical overflow)"
             )
         np.multiply(frames, 255.0, out=frames)
@@ -291,19 +336,11 @@ class DiffusersBackend:
         frames = frames.astype(np.uint8)
         want = (spec.num_frames, spec.height, spec.width, 3)
         if frames.shape != want:
-            raise BackendError(f"{cls} produced frames of shape {frames.shape}, expected {want}")
+            raise BackendError(f"{run.pipeline} produced frames of shape {frames.shape}, expected {want}")
 
-        info: dict[str, Any] = {
-            "backend": self.name,
-            "pipeline": cls,
-            "model": self.model.name,
-            "tiny": self.model.tiny,
-            "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "guidance": kwargs["guidance_scale"],
-            "steps": spec.steps,
-            "seconds": round(seconds, 3),
-        }
+        info["pipeline"] = info["stages"][0]["pipeline"]
+        info["steps"] = sum(stage["steps"] for stage in info["stages"])
+        info["steps_requested"] = spec.steps
         if self.model.tiny:
             from hotfolder.backends.tiny import TINY_VERSION
 
@@ -324,10 +361,308 @@ class DiffusersBackend:
 
         return Clip(frames=frames, fps=spec.fps, audio=audio, sample_rate=sample_rate, info=info)
 
+    def _one_stage(
+        self, spec: JobSpec, image: Any, common: dict[str, Any], run: _Run, info: dict[str, Any]
+    ) -> Any:
+        """preview (and LTX-Video's production): one denoising pass at the spec's size, decoded."""
+        pipeline, conditioning, record = self._conditioned(image, spec, spec.width, spec.height, info)
+        if spec.mode == "production":
+            # LTX-Video has no two-stage path here (its upsampler is a separate repository and its
+            # pipelines take no sigmas or partial noise): production is one stage at full size.
+            record["note"] = "LTX-Video: production runs one stage at full size (no latent upsampler)"
+        info["stages"] = [{"name": "denoise", **record, "steps": spec.steps}]
+        return run(
+            "denoise",
+            pipeline,
+            record["pipeline"],
+            **common,
+            **conditioning,
+            width=spec.width,
+            height=spec.height,
+            num_inference_steps=spec.steps,
+            output_type="np",
+        )
+
+    def _two_stages(
+        self, spec: JobSpec, image: Any, common: dict[str, Any], run: _Run, info: dict[str, Any]
+    ) -> Any:
+        """LTX-2 production, as the LTX-2 reference two-stage pipelines and the Diffusers docs do it.
+
+        1. stage 1: `spec.steps` steps at half size (each side half as many latents, rounded up,
+           at least 2) from pure noise, returning latents (`output_type="latent"`: video and
+           audio latents, both denormalized);
+        2. the latent upsampler doubles the video latents' width and height (cropped to the full
+           size's latent grid when a side had an odd number of latents);
+        3. stage 2: the distilled stage-2 schedule (`STAGE_2_DISTILLED_SIGMA_VALUES`, 3 steps) at
+           full size, from the upsampled video latents and stage 1's audio latents re-noised to
+           the first sigma (`noise_scale`), with a scheduler that takes those sigmas as they are
+           (no dynamic shifting) and without guidance; then the VAE decodes video and audio.
+
+        The audio is generated in stage 1 over the whole duration and refined in stage 2, so
+        it lasts as long as the video, as in one stage.
+
+        Not verified here (needs the real weights and a GPU): for the non-distilled LTX-2
+        weights the Diffusers docs load the distilled LoRA (`ltx-2-19b-distilled-lora-384`,
+        which needs peft) for stage 2; this runs stage 2 with the base weights and the
+        distilled schedule. Distilled checkpoints (guidance 1) need no LoRA.
+        """
+        from diffusers.pipelines.ltx2.utils import STAGE_2_DISTILLED_SIGMA_VALUES
+
+        space = self.pipe.vae_spatial_compression_ratio
+        lat_w, lat_h = spec.width // space, spec.height // space
+        half_w, half_h = max(2, -(-lat_w // 2)), max(2, -(-lat_h // 2))  # the VAE encoder needs >= 2 latents a side
+        w1, h1 = half_w * space, half_h * space
+
+        # Stage 1: half size, latents out.
+        pipeline, conditioning, record1 = self._conditioned(image, spec, w1, h1, info, stage="stage1")
+        video_latents, audio_latents = run(
+            "stage1",
+            pipeline,
+            record1["pipeline"],
+            **common,
+            **conditioning,
+            width=w1,
+            height=h1,
+            num_inference_steps=spec.steps,
+            output_type="latent",
+            return_dict=False,
+        )
+
+        # Upsample x2 (unnormalized latents in and out), cropped to the full size's grid.
+        run.stage, run.pipeline = "upsample", type(self.upsample_pipe).__name__
+        upsampled = self.upsample_pipe(
+            latents=video_latents, width=w1, height=h1, output_type="latent", return_dict=False
+        )[0]
+        del video_latents
+        if upsampled.shape[-2:] != (lat_h, lat_w):
+            upsampled = upsampled[..., :lat_h, :lat_w].contiguous()
+            record1["note"] = (
+                f"{w1}x{h1} upsampled to {2 * w1}x{2 * h1}, cropped to {spec.width}x{spec.height} "
+                "(a side of the full size has an odd number of latents, or is under 128 px)"
+            )
+
+        # Stage 2: full size, a few steps from a partial sigma, no guidance; decoded.
+        sigmas = list(STAGE_2_DISTILLED_SIGMA_VALUES)
+        stage2_common = {**common, **NO_GUIDANCE_LTX2}
+        stage2_common["use_cross_timestep"] = common.get("use_cross_timestep", True)  # the model's, as in stage 1
+        pipeline, conditioning, record2 = self._conditioned(
+            image, spec, spec.width, spec.height, info, stage="stage2", scheduler="stage2"
+        )
+        info["stages"] = [
+            {"name": "stage1", **record1, "steps": spec.steps},
+            {
+                "name": "stage2",
+                **record2,
+                "steps": len(sigmas),
+                "sigmas": sigmas,
+                "noise_scale": sigmas[0],
+                "guidance": 1.0,
+            },
+        ]
+        info["upsampler"] = {
+            "class": type(self.upsampler).__name__,
+            "scale": 2,
+            "source": self._upsampler_source,
+        }
+        return run(
+            "stage2",
+            pipeline,
+            record2["pipeline"],
+            **stage2_common,
+            **conditioning,
+            width=spec.width,
+            height=spec.height,
+            latents=upsampled,
+            audio_latents=audio_latents,
+            num_inference_steps=len(sigmas),
+            sigmas=sigmas,
+            noise_scale=sigmas[0],
+            output_type="np",
+        )
+
+    # -- image-to-video ---------------------------------------------------------
+
+    def _conditioned(
+        self,
+        image: Any,
+        spec: JobSpec,
+        width: int,
+        height: int,
+        info: dict[str, Any],
+        *,
+        stage: str = "denoise",
+        scheduler: str = "base",
+    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """The pipeline for one stage, its conditioning arguments, and the stage's record.
+
+        No image: the resident text-to-video pipeline (stage 2: a view of it with the stage-2
+        scheduler). An image: a view sharing the resident components (no second copy of any
+        weights) of
+        - LTX2ImageToVideoPipeline at strength 1 (its first frame is the image, frozen);
+        - LTX2ConditionPipeline (`LTX2VideoCondition(index=0, strength=...)`) at strength < 1,
+          since the image-to-video pipeline of Diffusers 0.42.1 has no strength parameter, and
+          in stage 2, since only it re-encodes the image at full size over latents passed in
+          (the image-to-video pipeline would keep the upsampled first frame, unrefined);
+        - for LTX-Video, LTXImageToVideoPipeline / LTXConditionPipeline (`LTXVideoCondition`).
+        """
+        record: dict[str, Any] = {"width": width, "height": height}
+        if image is None:
+            if scheduler == "base":
+                pipeline, record["pipeline"] = self.pipe, self.pipeline_class
+            else:
+                pipeline = self._view(self.pipeline_class, scheduler)
+                record["pipeline"] = type(pipeline).__name__
+            return pipeline, {}, record
+
+        strength = float(spec.image_strength)
+        fitted, fit = fit_image(image, width, height)
+        if width == spec.width and height == spec.height:
+            info["image_fit"] = fit
+        is_ltx2 = self.model.family == "ltx2"
+        crf = IMAGE_CRF if is_ltx2 else 0
+        if crf:
+            fitted = compress_like_training(fitted, crf)
+        record["image"] = {"strength": strength, "crf": crf, "fit": fit}
+        info["image"] = {"strength": strength, "crf": crf}
+
+        if is_ltx2:
+            from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+            if strength >= 1.0 and stage != "stage2":
+                pipeline = self._view("LTX2ImageToVideoPipeline", scheduler)
+                conditioning: dict[str, Any] = {"image": fitted, "image_crf": 0}  # compressed above
+            else:
+                pipeline = self._view("LTX2ConditionPipeline", scheduler)
+                condition = LTX2VideoCondition(frames=fitted, index=0, strength=strength, crf=0)
+                conditioning = {"conditions": [condition]}
+        else:
+            from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+            if strength >= 1.0:
+                pipeline = self._view("LTXImageToVideoPipeline", scheduler)
+                conditioning = {"image": fitted}
+            else:
+                pipeline = self._view("LTXConditionPipeline", scheduler)
+                conditioning = {"conditions": [LTXVideoCondition(image=fitted, frame_index=0, strength=strength)]}
+        record["pipeline"] = type(pipeline).__name__
+        return pipeline, conditioning, record
+
+    def _view(self, class_name: str, scheduler: str = "base") -> Any:
+        """A pipeline of `class_name` over the resident pipeline's own modules (built once, kept).
+
+        `cls(**pipe.components)` registers the very same module objects: no weights are
+        copied or loaded. `scheduler="stage2"` gives it a scheduler of its own that takes
+        the stage-2 sigmas as they are (the resident scheduler is left alone).
+        """
+        key = (class_name, scheduler)
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        import diffusers
+
+        cls = getattr(diffusers, class_name)
+        accepted = inspect.signature(cls.__init__).parameters
+        components = {k: v for k, v in self.pipe.components.items() if k in accepted}
+        if scheduler == "stage2":
+            components["scheduler"] = type(self.pipe.scheduler).from_config(
+                self.pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None
+            )
+        view = cls(**components)
+        view.set_progress_bar_config(disable=True)
+        self._views[key] = view
+        return view
+
+    @staticmethod
+    def _open_image(path: str) -> Any:
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)  # a phone photo's orientation, as a viewer shows it
+                return im.convert("RGB")
+        except Exception as e:  # the daemon probed it at admission: this is a changed or unreadable file
+            raise BackendError(f"cannot read the conditioning image {path}: {type(e).__name__}: {e}") from e
+
+    # -- the latent upsampler (production) --------------------------------------
+
+    def _load_upsampler(self) -> None:
+        """Load the latent upsampler on the first production job and keep it resident.
+
+        Tiny: built in code. Real weights: the `latent_upsampler` folder of the model's
+        repository (`LTX2LatentUpsamplerModel.from_pretrained(repo, subfolder="latent_upsampler")`
+        in the Diffusers docs), found on disk only; missing -> WeightsMissing at once.
+        """
+        if self.upsampler is not None:
+            return
+        from diffusers import LTX2LatentUpsamplePipeline
+
+        if self.model.tiny:
+            from hotfolder.backends import tiny
+
+            upsampler, source = tiny.build_ltx2_latent_upsampler(), "built in code (tiny)"
+        else:
+            folder = self._upsampler_folder()
+            from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+            try:
+                upsampler = LTX2LatentUpsamplerModel.from_pretrained(str(folder), dtype=self.dtype)
+            except (OSError, ValueError) as e:  # cut short, or not an LTX-2 upsampler
+                raise self._upsampler_missing(f"{folder} could not be loaded ({type(e).__name__}: {e})") from e
+            except Exception as e:
+                if _is_oom(e):
+                    raise BackendError(f"the latent upsampler does not fit in memory: {e}", hint=OOM_HINT) from e
+                raise BackendError(f"loading the latent upsampler from {folder} failed: {type(e).__name__}: {e}") from e
+            source = str(folder)
+        try:
+            upsampler.to(self.device)  # small (about 1 GB in bf16): on the GPU even with model offload
+        except Exception as e:
+            if _is_oom(e):
+                raise BackendError(
+                    f"the latent upsampler does not fit in {self.device} memory: {e}", hint=OOM_HINT
+                ) from e
+            raise BackendError(f"moving the latent upsampler to {self.device} failed: {type(e).__name__}: {e}") from e
+        upsampler.eval()
+        pipe = LTX2LatentUpsamplePipeline(vae=self.pipe.vae, latent_upsampler=upsampler)
+        pipe.set_progress_bar_config(disable=True)
+        self.upsampler, self.upsample_pipe, self._upsampler_source = upsampler, pipe, source
+
+    def _upsampler_folder(self) -> Path:
+        """The local `latent_upsampler` folder (config + safetensors), checked on disk only."""
+        if self.model.local_path:
+            base = Path(self.model.local_path).expanduser()
+        else:
+            from huggingface_hub import snapshot_download
+
+            try:
+                base = Path(
+                    snapshot_download(self.model.diffusers_repo, revision=self.model.revision, local_files_only=True)
+                )
+            except OSError as e:
+                raise self._upsampler_missing("the model's snapshot is not in the local Hugging Face cache") from e
+        folder = base / UPSAMPLER_SUBFOLDER
+        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+            raise self._upsampler_missing(f"{folder} holds no config.json and .safetensors weights")
+        return folder
+
+    def _upsampler_missing(self, detail: str) -> WeightsMissing:
+        name = self.model.name
+        where = self.model.local_path or self.model.diffusers_repo
+        message = (
+            f'model {name}: mode = "production" needs the LTX-2 latent upsampler ({where}, folder '
+            f"{UPSAMPLER_SUBFOLDER}/), which is not on this machine: {detail}"
+        )
+        if self.model.local_path:
+            hint = f'Add the {UPSAMPLER_SUBFOLDER}/ folder of the LTX-2 weights to {where}, or use mode = "preview".'
+        else:
+            hint = f'Run: hotfolder models pull {name} (or use mode = "preview", which needs no upsampler)'
+        return WeightsMissing(message, hint=hint)
+
     # -- close ------------------------------------------------------------------
 
     def close(self) -> None:
         self.pipe = None
+        self.upsampler = self.upsample_pipe = None
+        self._views.clear()
         gc.collect()
         self._empty_cache()
 
@@ -340,6 +675,79 @@ class DiffusersBackend:
             torch.cuda.empty_cache()
         if torch.backends.mps.is_available():
             torch.mps.empty_cache()
+
+
+class _Run:
+    """Runs one stage's pipeline with the step callback, and remembers which (for error messages)."""
+
+    def __init__(self, on_step: OnStep):
+        self.on_step = on_step
+        self.stage = ""
+        self.pipeline = ""
+
+    def __call__(self, stage: str, pipeline: Any, name: str, **kwargs: Any) -> Any:
+        self.stage, self.pipeline = stage, name
+        on_step = self.on_step
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(stage, i + 1, _pipe.num_timesteps)
+            return tensors
+
+        return pipeline(callback_on_step_end=on_step_end, **kwargs)
+
+
+def fit_image(image: Any, width: int, height: int) -> tuple[Any, dict[str, Any]]:
+    """Cover `width` x `height` with a PIL `image`: scale it (keeping its aspect) until both
+    sides cover the frame, then crop the centre. Returns the fitted image and what was done."""
+    from PIL import Image
+
+    w, h = image.size
+    scale = max(width / w, height / h)
+    sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
+    left, top = (sw - width) // 2, (sh - height) // 2
+    box = (left, top, left + width, top + height)
+    fitted = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.Resampling.LANCZOS)
+    if (sw, sh) != (width, height):
+        fitted = fitted.crop(box)
+    fit = {
+        "method": "cover + centre-crop",
+        "source_size": [w, h],
+        "scaled_size": [sw, sh],
+        "crop_box": list(box),  # left, top, right, bottom in the scaled image
+        "target_size": [width, height],
+    }
+    return fitted, fit
+
+
+def compress_like_training(image: Any, crf: int, *, timeout: float = 60.0) -> Any:
+    """`image` (PIL, RGB, even sides) through one H.264 frame at `crf` and back, with the bundled ffmpeg.
+
+    What Diffusers' `apply_image_conditioning_crf` does with PyAV (not a dependency here).
+    Deterministic: one thread, the same ffmpeg.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from hotfolder.media import ffmpeg_exe
+
+    w, h = image.size
+    base = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
+    encode = [*base, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "1", "-i", "-",
+              "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+              "-threads", "1", "-f", "h264", "-"]  # fmt: skip
+    decode = [*base, "-f", "h264", "-i", "-", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
+              "-threads", "1", "-"]  # fmt: skip
+    try:
+        stream = subprocess.run(encode, input=image.tobytes(), capture_output=True, check=True, timeout=timeout)
+        raw = subprocess.run(decode, input=stream.stdout, capture_output=True, check=True, timeout=timeout)
+    except subprocess.CalledProcessError as e:
+        err = e.stderr.decode("utf-8", "replace").strip()[-500:]
+        raise BackendError(f"re-compressing the conditioning image (H.264 CRF {crf}) failed: {err}") from e
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BackendError(f"re-compressing the conditioning image (H.264 CRF {crf}) failed: {e}") from e
+    if len(raw.stdout) != w * h * 3:
+        raise BackendError(f"re-compressing the conditioning image gave {len(raw.stdout)} bytes, not {w}x{h} RGB")
+    return Image.fromarray(np.frombuffer(raw.stdout, np.uint8).reshape(h, w, 3))
 
 
 def fit_audio(audio: Any, samples: int) -> tuple[Any, int]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from diffusers import LTX2Pipeline, LTXPipeline
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 
 TINY_VERSION = "1"
 
@@ -230,6 +231,31 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_ltx2_latent_upsampler() -> LTX2LatentUpsamplerModel:
+    """A tiny random-weight LTX-2 latent upsampler (2x spatial), for the two-stage production path.
+
+    Its channels match `build_ltx2_pipeline()`'s video latents (8). It is a
+    separate model, as the real one is (the `latent_upsampler` folder of the
+    LTX-2 repository, outside the pipeline's components), so adding it leaves
+    the tiny text-to-video pipeline, and its output, unchanged.
+    """
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    def upsampler():
+        return LTX2LatentUpsamplerModel(
+            in_channels=8,  # the tiny LTX-2 VAE's latent channels
+            mid_channels=32,  # GroupNorm(32, mid_channels): the smallest width it allows
+            num_blocks_per_stage=1,
+            dims=3,
+            spatial_upsample=True,
+            temporal_upsample=False,
+            rational_spatial_scale=2.0,
+            use_rational_resampler=True,
+        )
+
+    return _seeded(upsampler)
 
 
 def build_ltx_pipeline() -> LTXPipeline:
