@@ -114,6 +114,21 @@ class Root:
         return json.loads(next(p for p in result.glob("*.json")).read_text())
 
 
+def make_spec(**changes: object) -> "JobSpec":
+    """A fully resolved JobSpec for tests that call backends or the cache directly (no job file)."""
+    from hotfolder.spec import JobSpec
+
+    fields: dict[str, object] = {
+        "source": "fox.toml", "index": 0, "name": "fox", "prompt": "a red fox trotting through fresh snow",
+        "negative_prompt": "", "format": "custom", "mode": "preview", "duration": 9 / 24, "fps": 24.0, "seed": 7,
+        "seed_random": False, "steps": 2, "width": 64, "height": 64, "num_frames": 9, "priority": 0,
+        "cache": "use", "backend": "diffusers", "model": "tiny", "generate_audio": True, "gif": False,
+        "thumbnail": False, "preset": None,
+    }
+    fields.update(changes)
+    return JobSpec(**fields)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Root:
     return Root(tmp_path)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+import conftest
 from hotfolder.cache import (
     CacheEntry,
     ResultCache,
@@ -38,32 +39,10 @@ DIGEST_B = "b" * 64
 
 
 def make_spec(**changes) -> JobSpec:
-    base = JobSpec(
-        source="lake.toml",
-        index=0,
-        name="lake",
-        prompt="A wide aerial shot of a mountain lake at golden hour",
-        negative_prompt="blurry",
-        format="linkedin",
-        mode="preview",
-        duration=5.0,
-        fps=24.0,
-        seed=42,
-        seed_random=False,
-        steps=10,
-        width=640,
-        height=352,
-        num_frames=121,
-        priority=0,
-        cache="use",
-        backend="diffusers",
-        model="tiny",
-        generate_audio=True,
-        gif=True,
-        thumbnail=True,
-        preset=None,
-    )
-    return dataclasses.replace(base, **changes)
+    lake = {"source": "lake.toml", "name": "lake", "prompt": "A wide aerial shot of a mountain lake at golden hour",
+            "negative_prompt": "blurry", "format": "linkedin", "duration": 5.0, "seed": 42, "steps": 10,
+            "width": 640, "height": 352, "num_frames": 121, "gif": True, "thumbnail": True}
+    return conftest.make_spec(**{**lake, **changes})
 
 
 def key(spec=None, model=TINY, ident=IDENT, attachments=None, **kw) -> str:

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+import conftest
 from hotfolder.backends import diffusers_ltx
 from hotfolder.config import BUILTIN_MODELS, Config
 from hotfolder.errors import BackendError, Interrupted, WeightsMissing
@@ -20,33 +21,7 @@ from hotfolder.spec import JobSpec
 
 
 def make_spec(**changes: object) -> JobSpec:
-    fields: dict[str, object] = {
-        "source": "fox.toml",
-        "index": 0,
-        "name": "fox",
-        "prompt": "a red fox trotting through fresh snow",
-        "negative_prompt": "",
-        "format": "custom",
-        "mode": "preview",
-        "duration": 9 / 24,
-        "fps": 24.0,
-        "seed": 7,
-        "seed_random": False,
-        "steps": 2,
-        "width": 64,
-        "height": 64,
-        "num_frames": 9,
-        "priority": 0,
-        "cache": "use",
-        "backend": "diffusers",
-        "model": "tiny",
-        "generate_audio": True,
-        "gif": False,
-        "thumbnail": False,
-        "preset": None,
-    }
-    fields.update(changes)
-    return JobSpec(**fields)  # type: ignore[arg-type]
+    return conftest.make_spec(**changes)
 
 
 def no_progress(stage: str, step: int, total: int) -> None:

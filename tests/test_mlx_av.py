@@ -21,6 +21,7 @@ import mlx.core as mx  # noqa: F401  (no mlx: this module fails, it does not ski
 import numpy as np
 import pytest
 
+import conftest
 from hotfolder.backends import mlx_av, tiny_mlx
 from hotfolder.config import BUILTIN_MODELS, ModelInfo
 from hotfolder.errors import BackendError, Interrupted, JobInvalid, WeightsMissing
@@ -31,33 +32,9 @@ TINY = BUILTIN_MODELS["tiny"]
 
 
 def make_spec(**changes: object) -> JobSpec:
-    fields: dict[str, object] = {
-        "source": "owl.toml",
-        "index": 0,
-        "name": "owl",
-        "prompt": "an owl turning its head at dusk, wind in the trees",
-        "negative_prompt": "",
-        "format": "custom",
-        "mode": "preview",
-        "duration": 9 / 24,
-        "fps": 24.0,
-        "seed": 7,
-        "seed_random": False,
-        "steps": 10,
-        "width": 192,
-        "height": 128,
-        "num_frames": 9,
-        "priority": 0,
-        "cache": "use",
-        "backend": "mlx",
-        "model": "tiny",
-        "generate_audio": True,
-        "gif": False,
-        "thumbnail": False,
-        "preset": None,
-    }
-    fields.update(changes)
-    return JobSpec(**fields)  # type: ignore[arg-type]
+    owl = {"source": "owl.toml", "name": "owl", "prompt": "an owl turning its head at dusk, wind in the trees",
+           "steps": 10, "width": 192, "height": 128, "backend": "mlx"}
+    return conftest.make_spec(**{**owl, **changes})
 
 
 class Steps:
