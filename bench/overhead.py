@@ -101,6 +101,7 @@ def main() -> None:
              "--backend", "diffusers", "--model", "tiny"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         through: list[float] = []
+        inside: list[dict] = []
         load_in_daemon = 0.0
         try:
             deadline = time.monotonic() + 120
@@ -123,6 +124,7 @@ def main() -> None:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - t0
                 meta = json.loads(next(next(iter(new)).glob("*.json")).read_text())
+                inside.append(meta["timings"])
                 if n == 0:
                     load_in_daemon = meta["timings"]["load_s"]
                     elapsed -= load_in_daemon
@@ -150,6 +152,11 @@ def main() -> None:
         print(f"  daemon (drop -> outbox, model resident):       {med(through):7.3f} s/job")
         print(f"  daemon / direct:                               {med(through) / med(direct):7.2f}x  "
               f"(overhead {med(through) - med(direct):.3f} s/job, of which settle {settle} s)")
+        gen = med([t["generate_s"] for t in inside[1:]] or [0])
+        enc = med([t["encode_s"] for t in inside[1:]] or [0])
+        job_total = med([t["total_s"] for t in inside[1:]] or [0])
+        print(f"  inside the daemon (jobs 2..N): generate {gen:.3f} s + encode {enc:.3f} s; claim-to-delivery "
+              f"{job_total:.3f} s; drop-to-claim and the rest {med(through[1:] or [0]) - job_total:.3f} s")
         print(f"  model load: in process {load_in_process:.2f} s, in the daemon (first job only) "
               f"{load_in_daemon:.2f} s")
         print(f"  one-shot process per job (wall):               {med(one_shot_wall):7.3f} s/job "

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--priority", type=int)
     p.add_argument("--name", help="base name of the result files")
+    p.add_argument("--image", type=Path, metavar="F", help="image-to-video: the video starts from this image")
+    p.add_argument("--strength", type=float, metavar="X", help="with --image: how closely to follow it (0 < X <= 1)")
+    p.add_argument("--audio", type=Path, metavar="F", help="a voice-over (wav, mp3, m4a, aiff, flac) that replaces "
+                   "the generated sound, fitted to the video's length")
+    p.add_argument("--tts", metavar="TEXT", help="narrate TEXT over the video (macOS say, else espeak-ng)")
+    p.add_argument("--narrate", action="store_true", help="narrate the prompt itself (like --tts with the prompt)")
     p.add_argument("--wait", action="store_true", help="wait for the result; print the .mp4 path")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds")
 
@@ -72,6 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("action", choices=["stats", "prune", "clear"])
     p.add_argument("--json", action="store_true", help="machine-readable (stats)")
+
+    p = sub.add_parser("agent", help="run the daemon at login: launchd agent (macOS), systemd user unit (Linux)")
+    _common(p)
+    p.add_argument("action", choices=["install", "uninstall", "status", "restart"])
+    p.add_argument("--quick-action", action="store_true",
+                   help="install: also add the Finder Quick Action 'Make video with hotfolder' (macOS)")
+    p.add_argument("--i-granted-full-disk-access", dest="full_disk_access", action="store_true",
+                   help="install: accept a root in Desktop/Documents/Downloads/iCloud (macOS privacy)")
+
+    p = sub.add_parser("config", help="the config file: init (a documented default), show (values and origins), path")
+    _common(p)
+    p.add_argument("action", choices=["init", "show", "path"])
+    p.add_argument("--force", action="store_true", help="init: replace an existing file (kept as .bak)")
+    p.add_argument("--json", action="store_true", help="show: machine-readable")
+
+    p = sub.add_parser("doctor", help="check python, packages, backend, weights, ffmpeg, disk, folders, agent")
+    _common(p)
+
+    p = sub.add_parser("models", help="the model table (list) and downloading weights (pull NAME)")
+    _common(p)
+    p.add_argument("action", choices=["list", "pull"])
+    p.add_argument("name", nargs="?", help="pull: the model to download (see `hotfolder models list`)")
+    p.add_argument("--backend", choices=["auto", *BACKEND_MODULES], help="the backend whose weights to list or pull")
 
     p = sub.add_parser("demo", help="end to end on the built-in tiny model, offline, in a fresh temporary root")
     p.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
@@ -131,6 +160,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         return control.cancel(config, args.job) if args.command == "cancel" else control.retry(config, args.job)
     if args.command == "cache":
         return _cache_command(_config(args), args.action, as_json=args.json)
+    if args.command == "agent":
+        from hotfolder import agent
+
+        return agent.main(_config(args), args.action, config_file=args.config, quick_action=args.quick_action,
+                          fda_confirmed=args.full_disk_access)
+    if args.command == "config":
+        from hotfolder import configfile
+
+        return configfile.command(args.action, config_file=args.config, root=args.root, force=args.force,
+                                  as_json=args.json)
+    if args.command == "doctor":
+        from hotfolder.doctor import run_doctor
+
+        return run_doctor(_config(args))
+    if args.command == "models":
+        from hotfolder import models
+
+        return models.command(_config(args, backend=args.backend), args.action, args.name)
     if args.command == "demo":
         from hotfolder.demo import run_demo
 

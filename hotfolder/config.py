@@ -120,6 +120,8 @@ CONFIG_KEYS = {
     "backend": str,
     "model": str,
     "max_prompt_bytes": int,
+    "max_attachment_bytes": int,
+    "attachment_wait_seconds": (int, float),
     "max_attempts": int,
     "retry_backoff_seconds": (int, float),
     "cache_dir": str,
@@ -148,6 +150,8 @@ class Config:
     backend: str = "auto"  # the default for jobs that say "auto"
     model: str = "ltx-2"  # the default model for jobs that name none
     max_prompt_bytes: int = 1024 * 1024
+    max_attachment_bytes: int = 2 * 1024**3  # an image or audio file a job names
+    attachment_wait_seconds: float = 300.0  # how long a loose job file waits for the files it names
     max_attempts: int = 2
     retry_backoff_seconds: float = 5.0  # first retry after this; each later one waits 4x longer (max 5 min)
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)))
@@ -243,11 +247,11 @@ def load_config(
 
     kwargs: dict[str, Any] = {"config_file": path if path.is_file() else None}
     for key in ("settle_seconds", "rescan_seconds", "retry_backoff_seconds", "idle_unload_minutes",
-                "mlx_memory_limit_gb", "mlx_cache_limit_gb"):
+                "mlx_memory_limit_gb", "mlx_cache_limit_gb", "attachment_wait_seconds"):
         if key in data:
             kwargs[key] = float(data[key])
-    for key in ("backend", "model", "max_prompt_bytes", "max_attempts", "cache_max_bytes", "polling", "notifications",
-                "mlx_keep_text_encoder"):
+    for key in ("backend", "model", "max_prompt_bytes", "max_attachment_bytes", "max_attempts", "cache_max_bytes",
+                "polling", "notifications", "mlx_keep_text_encoder"):
         if key in data:
             kwargs[key] = data[key]
     for key in ("cache_dir", "log_dir", "state_dir"):
@@ -256,8 +260,9 @@ def load_config(
     if "defaults" in data:
         defaults = {**JOB_DEFAULTS, **data["defaults"]}
         # The model and backend defaults live on Config itself, so --model / --backend flags can override them.
+        # (only what the file's [defaults] really sets moves there, not JOB_DEFAULTS' own "auto").
         for key in ("model", "backend"):
-            if key in defaults:
+            if key in data["defaults"]:
                 kwargs[key] = defaults.pop(key)
         kwargs["job_defaults"] = defaults
     if "presets" in data:

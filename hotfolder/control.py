@@ -92,6 +92,15 @@ def retry(config: Config, job_ref: str) -> int:
     original = folder / source.name
     if not os.path.lexists(original):
         raise UsageError(f"{folder} no longer holds the original {source.name}; drop the job file again.")
+    # Attachments of a loose job file go back first, under the names the job file uses.
+    for rel in err.get("attachments") or []:
+        src, dest = folder / Path(rel).name, config.inbox / rel
+        if not os.path.lexists(src):
+            continue
+        if os.path.lexists(dest):
+            raise UsageError(f"{dest} already exists; move it away first (the job names {rel}).")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dest)
     dest_dir = config.inbox / source.parent
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / source.name

@@ -8,6 +8,7 @@ runs the queue by priority, then arrival. Signal handlers only set flags.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import heapq
 import json
@@ -22,14 +23,25 @@ from typing import Any, Callable
 
 import structlog
 
-from hotfolder import backends, log
+from hotfolder import attachments, backends, log, notify
 from hotfolder.cache import ResultCache, cache_key, model_identity, reads_cache, writes_cache
 from hotfolder.config import Config, ModelInfo
 from hotfolder.control import CANCEL_MARKER, cancelled_error
 from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, UsageError, WeightsMissing
 from hotfolder.results import Outcome, Timings, copy_original, entry_id, iso, write_metadata
-from hotfolder.spec import JobSpec, parse
-from hotfolder.spool import Candidate, Job, Spool, crash_point, is_ignored, read_json, write_json_atomic
+from hotfolder.narration import NarrationUnavailable
+from hotfolder.spec import JobSpec, attachment_names, parse
+from hotfolder.spool import (
+    Arrival,
+    Candidate,
+    Job,
+    Spool,
+    crash_point,
+    is_ignored,
+    read_json,
+    sync_conflict_of,
+    write_json_atomic,
+)
 
 HEARTBEAT_S = 2.0
 STOP_GRACE_S = 8.0  # SIGTERM must end the process within 10 s
@@ -178,6 +190,7 @@ class Daemon:
         self._started = time.time()
         self._worker: threading.Thread | None = None
         self._identities: dict[tuple[str, str], str] = {}
+        self._peeked: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
         self._cache: ResultCache | None = None
 
     @property
@@ -246,8 +259,9 @@ class Daemon:
             self.wake.clear()
             candidates = self.spool.scan()
             ready, settling = self.spool.settled(candidates)
-            for c in ready:
-                self._take(c)
+            arrivals, _ = self.spool.arrivals(candidates, ready, self._named_attachments)
+            for arrival in arrivals:
+                self._take(arrival)
             now = time.monotonic()
             if now - last_status >= HEARTBEAT_S:
                 watcher.ensure_alive()
@@ -261,12 +275,42 @@ class Daemon:
             self.wake.wait(min(timeout, HEARTBEAT_S))
 
     # -- claim and admit ------------------------------------------------
-    def _take(self, c: Candidate) -> None:
-        job = self.spool.claim(c)
+    def _take(self, arrival: Arrival) -> None:
+        job = self.spool.claim(arrival.candidate, arrival.attachments)
         if job is None:
             return
-        self.log.info("claimed", job_id=job.job_id, source=job.source)
+        self.log.info("claimed", job_id=job.job_id, source=job.source, attachments=job.attachments or None)
+        original = sync_conflict_of(Path(job.source).name)
+        if original is not None:
+            self.log.warning("sync conflict copy: processed as its own job", job_id=job.job_id, source=job.source,
+                             original=original)
         self._admit(job)
+
+    def _named_attachments(self, c: Candidate) -> tuple[str, ...]:
+        """The inbox-relative files a settled loose job file names beside it (read in place, not claimed).
+
+        A file that does not parse, or names files in subfolders, names nothing here: it is
+        claimed at once and fails with the parser's (or the attachment check's) message.
+        """
+        try:
+            st = c.path.stat()
+        except OSError:
+            return ()
+        stamp = (st.st_size, st.st_mtime_ns)
+        cached = self._peeked.get(c.path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            specs = parse(c.path, self.config, preset=c.preset, display_name=Path(c.rel).name)
+        except JobInvalid:
+            specs = []
+        names = {n for spec in specs for n in attachment_names(spec)}
+        folder = Path(c.rel).parent
+        found = () if any("/" in n for n in names) else tuple(sorted((folder / n).as_posix() for n in names))
+        self._peeked[c.path] = (stamp, found)
+        if len(self._peeked) > 10_000:
+            self._peeked.clear()
+        return found
 
     def _admit(self, job: Job) -> None:
         """Parse a claimed job (or reuse the specs saved at its first claim) and queue its entries."""
@@ -303,7 +347,15 @@ class Daemon:
             )
         if path.is_dir():
             path = _job_file_in_folder(path, label)
+        elif path.suffix.lower() not in (".toml", ".txt"):
+            raise JobInvalid(label, [Problem(
+                f"'{path.name}' is not a job file, and no job file in the inbox named it within "
+                f"{self.config.attachment_wait_seconds:g} s (attachment_wait_seconds). A job is a .toml or .txt "
+                "file; to use this file as an image or voice-over, name it in a job file ([image] file or "
+                "[audio] file) next to it, or put both into one folder"
+            )])  # fmt: skip
         specs = parse(path, self.config, preset=job.preset, display_name=Path(job.source).name)
+        specs = attachments.check_job(specs, job.base, self.config, label=label, loose=not job.input_path.is_dir())
         write_json_atomic(saved, [asdict(s) for s in specs])
         return specs
 
@@ -324,6 +376,8 @@ class Daemon:
             if entry is None:
                 continue
             job, specs = entry
+            if str(item.index) in job.done:
+                continue  # already delivered (or failed): a stale retry must not run it twice
             self._busy.set()
             try:
                 self._run_entry(job, item, specs)
@@ -375,6 +429,9 @@ class Daemon:
         except WeightsMissing as e:
             self.log.error("weights missing", error=str(e))
             self._fail(job, _error(e, "weights_missing"), index=index, count=len(specs), spec=spec)
+        except NarrationUnavailable as e:  # permanent until a speech engine is installed
+            self.log.error("no speech engine for the narration", error=str(e))
+            self._fail(job, _error(e, e.kind), index=index, count=len(specs), spec=spec)
         except Exception as e:  # BackendError, media errors, anything unexpected: retry, then fail
             self._attempt_failed(job, item, specs, spec, e, timings)
         finally:
@@ -395,10 +452,11 @@ class Daemon:
         mp4 = stage / f"{spec.name}.mp4"
 
         # 1. The cache, before the model is touched: a hit never loads (or imports) the backend.
-        key = cache_key(spec, model, model_identity=self._identity(model, spec.backend))
+        image = attachments.resolve("image.file", spec.image, job.base, label=job.source) if spec.image else None
+        key = cache_key(spec, model, model_identity=self._identity(model, spec.backend), **_conditioning(spec))
         outcome = self._from_cache(key, spec, model, mp4)
         if outcome is None:
-            outcome = self._generate(job, index, count, spec, model, mp4, timings)
+            outcome = self._generate(job, index, count, spec, model, mp4, timings, image)
             outcome.cache_key = key
             if writes_cache(spec):
                 self.cache.put(key, mp4, {"backend": outcome.backend, "device": outcome.device,
@@ -411,6 +469,9 @@ class Daemon:
         # 2. Post-processing: everything that is not in the cache key.
         self._progress(job, stage="encoding")
         t0 = time.perf_counter()
+        used = self._soundtrack(job, spec, mp4, stage, outcome)
+        if image is not None:
+            used.insert(0, _image_record(spec, image))
         outputs: dict[str, str] = {"video": mp4.name}
         if spec.gif:
             media.make_gif(mp4, stage / f"{spec.name}.gif")
@@ -420,6 +481,7 @@ class Daemon:
             media.make_thumbnail(mp4, stage / f"{spec.name}.jpg")
             outputs["thumbnail"] = f"{spec.name}.jpg"
         outputs["job"] = copy_original(job, stage)
+        _copy_attachments(job, stage)
         timings.encode_s += time.perf_counter() - t0
         self.log.info("encoded", encode_s=round(timings.encode_s, 2))
 
@@ -427,8 +489,9 @@ class Daemon:
         outputs["metadata"] = f"{spec.name}.json"
         outputs["log"] = f"{spec.name}.log"
         timings.finished = time.time()
-        write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
-                       timings=timings, outputs=outputs)
+        meta_path = write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
+                                   timings=timings, outputs=outputs)
+        _add_metadata(meta_path, attachments=used, audio=_audio_kind(spec, outcome))
         self.log.info("delivering", total_s=round(timings.finished - timings.started, 2))
         if job.log_file.exists():
             shutil.copy2(job.log_file, stage / f"{spec.name}.log")
@@ -437,6 +500,7 @@ class Daemon:
         self.delivered += 1
         self.log.info("delivered", path=str(target / mp4.name))
         self._remember(job, entry_id(job, index, count), "done", target / mp4.name)
+        notify.job_finished(self.config, name=spec.name, path=str(target / mp4.name), ok=True)
 
     def _from_cache(self, key: str, spec: JobSpec, model: ModelInfo, mp4: Path) -> Outcome | None:
         if not reads_cache(spec):
@@ -456,9 +520,45 @@ class Daemon:
                        cache_hit=True, cache_key=key, has_audio=bool(meta.get("has_audio")),
                        info={**meta.get("info", {}), "cache_delivery": how})
 
+    def _soundtrack(self, job: Job, spec: JobSpec, mp4: Path, stage: Path, outcome: Outcome) -> list[dict[str, Any]]:
+        """Voice-over, then narration, fitted to the video's length; returns what was used, for the metadata.
+
+        Never in the cache key: a cached clip gets them too. Each step writes a new file and
+        renames it over the MP4 (a cached MP4 may be a hard link into the cache).
+        """
+        from hotfolder import media, narration
+
+        used: list[dict[str, Any]] = []
+        seconds = spec.num_frames / spec.fps
+        has_audio = outcome.has_audio
+        if spec.audio_file:
+            voice = attachments.resolve("audio.file", spec.audio_file, job.base, label=job.source)
+            tmp = stage / f".{spec.name}.voice-over.mp4"
+            fitted = media.replace_audio(mp4, voice, tmp, seconds=seconds)
+            os.replace(tmp, mp4)
+            has_audio = True
+            used.append({"name": spec.audio_file, "kind": "voice-over", "sha256": spec.audio_sha256,
+                         "fitted": fitted})
+            self.log.info("voice-over", file=spec.audio_file, fitted=fitted)
+        if spec.tts:
+            speech = narration.synthesize(spec.tts, stage)
+            tmp = stage / f".{spec.name}.narrated.mp4"
+            mix = media.mix_audio if has_audio else media.replace_audio
+            fitted = mix(mp4, speech, tmp, seconds=seconds)
+            os.replace(tmp, mp4)
+            speech.unlink(missing_ok=True)
+            how = "over the soundtrack, which is ducked while it speaks" if has_audio else "alone"
+            used.append({"name": "tts", "kind": "narration", "sha256": None, "text": spec.tts,
+                         "fitted": f"{fitted}; {how}"})
+            self.log.info("narration", words=len(spec.tts.split()), fitted=fitted, mixed=how)
+        return used
+
     def _generate(self, job: Job, index: int, count: int, spec: JobSpec, model: ModelInfo, mp4: Path,
-                  timings: Timings) -> Outcome:
-        """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`."""
+                  timings: Timings, image: Path | None = None) -> Outcome:
+        """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`.
+
+        The backend gets the image's absolute path; the spec itself keeps it relative to the job.
+        """
         from hotfolder import media
 
         if self.stop.is_set():
@@ -469,9 +569,13 @@ class Daemon:
                           load_s=round(timings.load_s, 2))
         self._set_running(job, entry_id(job, index, count), spec, stage="generating")
         t0 = time.perf_counter()
-        clip = backend.generate(spec, self._progress_callback(job))
+        run_spec = dataclasses.replace(spec, image=str(image)) if image is not None else spec
+        clip = backend.generate(run_spec, self._progress_callback(job))
         timings.generate_s = time.perf_counter() - t0
-        self.log.info("generated", generate_s=round(timings.generate_s, 2), frames=len(clip.frames))
+        stages = [f"{st.get('name')} {st.get('width')}x{st.get('height')} {st.get('steps')} steps"
+                  for st in clip.info.get("stages", [])]
+        self.log.info("generated", generate_s=round(timings.generate_s, 2), frames=len(clip.frames),
+                      **({"stages": "; ".join(stages)} if stages else {}))
         self._progress(job, stage="encoding")
         t0 = time.perf_counter()
         media.encode_mp4(clip, mp4)
@@ -519,6 +623,8 @@ class Daemon:
             if index is not None:
                 job.done[str(index)] = f"failed:{target.name}"
         self._remember(job, eid, "failed", target / "error.txt")
+        notify.job_finished(self.config, name=name or Path(job.source).stem, path=str(target / "error.txt"),
+                            ok=False, message=str(error.get("message") or ""))
 
     # -- progress and status ------------------------------------------
     def _progress_callback(self, job: Job) -> Callable[[str, int, int], None]:
@@ -618,6 +724,51 @@ def _job_file_in_folder(folder: Path, label: str) -> Path:
             [Problem(f"a job folder must hold exactly one .toml or .txt job file; found {len(files)} ({found})")],
         )
     return files[0]
+
+
+def _conditioning(spec: JobSpec) -> dict[str, Any]:
+    """The cache key's share of the attachments: the image's digest and strength (never audio or TTS)."""
+    if not spec.image:
+        return {}
+    assert spec.image_sha256 is not None, "attachments.check_job fills image_sha256 at admission"
+    return {"attachments": {"image": spec.image_sha256}, "extra": {"image_strength": float(spec.image_strength)}}
+
+
+def _image_record(spec: JobSpec, image: Path) -> dict[str, Any]:
+    """The metadata's entry for the conditioning image: how it covers the video's frame."""
+    from PIL import Image
+
+    with Image.open(image) as im:
+        size = im.size
+    return {"name": spec.image, "kind": "image", "sha256": spec.image_sha256, "strength": spec.image_strength,
+            "size": list(size), "fitted": attachments.describe_image_fit(size, spec.width, spec.height)}
+
+
+def _audio_kind(spec: JobSpec, outcome: Outcome) -> str:
+    """What the MP4's soundtrack is: generated, a voice-over, narration, or none."""
+    base = "voice-over" if spec.audio_file else ("generated" if outcome.has_audio else "")
+    if spec.tts:
+        return f"{base} + narration" if base else "narration"
+    return base or "none"
+
+
+def _add_metadata(path: Path, **fields: Any) -> None:
+    """Fields results.write_metadata does not know about yet (attachments), added in place."""
+    meta = read_json(path)
+    meta.update(fields)
+    write_json_atomic(path, meta)
+
+
+def _copy_attachments(job: Job, stage: Path) -> None:
+    """A loose job's attachments go into the result beside its job file (hard links: same filesystem)."""
+    for src in job.attachment_paths:
+        target = stage / src.name
+        if os.path.lexists(target) or not src.is_file():
+            continue
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)
 
 
 def _one_line(e: BaseException) -> str:

@@ -81,6 +81,8 @@ class MediaInfo:
     video: VideoInfo | None
     audio: AudioInfo | None
     faststart: bool  # the `moov` atom comes before `mdat`: players can start before the download ends
+    header_duration: float | None = None  # what the file's header claims (more than decoded: truncated)
+    damage: tuple[str, ...] = ()  # ffmpeg's complaints while decoding (corrupt or cut-off data)
 
 
 @lru_cache(maxsize=1)
@@ -487,4 +489,92 @@ def probe(path: Path, *, timeout: float = TIMEOUT_S) -> MediaInfo:
         audio = AudioInfo(audio.codec, audio.sample_rate, channels, seconds)
         stream_durations.append(seconds)
     duration = max(stream_durations) if stream_durations else (header_duration or 0.0)
-    return MediaInfo(duration, video, audio, is_faststart(path))
+    return MediaInfo(duration, video, audio, is_faststart(path), header_duration, _damage(err))
+
+
+_DAMAGE_RE = re.compile(
+    r"decoding error|error while decoding|corrupt|invalid data|header missing|invalid pcm packet|"
+    r"filesize and duration do not match|truncat|partial file",
+    re.I,
+)
+
+
+def _damage(stderr: str) -> tuple[str, ...]:
+    """ffmpeg's lines that say data is missing or broken, without the '[decoder @ 0x...]' prefixes."""
+    lines = []
+    for line in stderr.splitlines():
+        if _DAMAGE_RE.search(line):
+            text = re.sub(r"\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line).strip()
+            if text and text not in lines:
+                lines.append(text)
+    return tuple(lines[:5])
+
+
+# --- soundtracks: voice-over and narration --------------------------------------------
+
+MIX_RATE = 48000  # the soundtrack's sample rate after a voice-over or narration
+DUCK = "threshold=0.03:ratio=8:attack=15:release=350"  # the bed drops ~15 dB while the voice speaks
+
+
+def describe_fit(source_s: float, target_s: float) -> str:
+    """How a soundtrack was fitted to the video, in words for the metadata and log."""
+    if abs(source_s - target_s) < 0.5 / MIX_RATE * 100:  # within ~1 ms: as long as the video
+        return f"as long as the video ({target_s:.2f} s)"
+    if source_s > target_s:
+        return f"trimmed from {source_s:.2f} s to the video's {target_s:.2f} s"
+    return f"padded with {target_s - source_s:.2f} s of silence to the video's {target_s:.2f} s"
+
+
+def _fit_chain(samples: int) -> str:
+    """Resample to stereo MIX_RATE, then cut or pad with silence to exactly `samples`."""
+    return (f"aresample={MIX_RATE},aformat=sample_fmts=fltp:channel_layouts=stereo,"
+            f"atrim=end_sample={samples},apad=whole_len={samples},asetpts=N/SR/TB")
+
+
+def _mux_soundtrack(video: Path, audio: Path, out: Path, graph: str, *, what: str, timeout: float) -> None:
+    """Copy `video`'s picture untouched and encode the filter graph's [a] as AAC into `out`."""
+    args = [
+        "-loglevel", "error", "-y",
+        "-i", str(video), "-i", str(audio),
+        "-filter_complex", graph,
+        "-map", "0:v:0", "-map", "[a]",
+        "-c:v", "copy", "-c:a", "aac", "-b:a", AAC_BITRATE,
+        "-movflags", "+faststart", "-f", "mp4", str(out),
+    ]  # fmt: skip
+    try:
+        _run(args, file=audio, what=what, timeout=timeout)
+    except BaseException:
+        Path(out).unlink(missing_ok=True)
+        raise
+
+
+def replace_audio(video: Path, audio: Path, out: Path, *, seconds: float, timeout: float = ENCODE_TIMEOUT_S) -> str:
+    """`video` with its soundtrack replaced by `audio`, trimmed or padded to exactly `seconds`
+    (the video's length: the picture is never cut to the audio). Any format ffmpeg reads.
+
+    Returns how the audio was fitted, for the metadata.
+    """
+    video, audio, out = Path(video), Path(audio), Path(out)
+    samples = round(seconds * MIX_RATE)
+    graph = f"[1:a:0]{_fit_chain(samples)}[a]"
+    _mux_soundtrack(video, audio, out, graph, what=f"putting {audio.name} under the video", timeout=timeout)
+    return describe_fit(_header(audio, timeout=TIMEOUT_S).duration, seconds)
+
+
+def mix_audio(video: Path, voice: Path, out: Path, *, seconds: float, timeout: float = ENCODE_TIMEOUT_S) -> str:
+    """`video` with `voice` spoken over its soundtrack, which is ducked (compressed, keyed by
+    the voice) while the voice speaks; both fitted to exactly `seconds`.
+
+    Returns how the voice was fitted, for the metadata.
+    """
+    video, voice, out = Path(video), Path(voice), Path(out)
+    samples = round(seconds * MIX_RATE)
+    graph = (
+        f"[1:a:0]{_fit_chain(samples)},asplit=2[voice][key];"
+        f"[0:a:0]{_fit_chain(samples)}[bed];"
+        f"[bed][key]sidechaincompress={DUCK}[ducked];"
+        f"[ducked][voice]amix=inputs=2:duration=first:normalize=0,alimiter=limit=0.95,"
+        f"atrim=end_sample={samples},apad=whole_len={samples}[a]"
+    )
+    _mux_soundtrack(video, voice, out, graph, what=f"mixing {voice.name} over the soundtrack", timeout=timeout)
+    return describe_fit(_header(voice, timeout=TIMEOUT_S).duration, seconds)

@@ -20,12 +20,13 @@ import secrets
 import tomllib
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Mapping
 
 from hotfolder import backends
 from hotfolder.config import FORMATS, JOB_DEFAULTS, MODE_STEPS, Config, ModelInfo
 from hotfolder.errors import JobInvalid, Problem
+from hotfolder.spool import is_ignored
 
 CacheMode = Literal["use", "off", "refresh"]
 
@@ -64,6 +65,7 @@ class JobSpec:
     image_strength: float = 1.0
     image_sha256: str | None = None  # part of the cache key
     audio_file: str | None = None  # [audio] file: replaces the soundtrack (post-processing, not in the key)
+    audio_sha256: str | None = None  # the voice-over's digest, for the metadata only
     tts: str | None = None  # [audio] tts: text to narrate (post-processing, not in the key)
 
 
@@ -87,7 +89,7 @@ FPS_RANGE = (1, 60)
 SIZE_RANGE = (64, 4096)
 NAME_MAX = 100
 MIN_FRAMES = 9
-NOT_YET = "is not supported yet in this version of hotfolder; remove it to run the job without it"
+ATTACHMENT_KEYS = ("image.file", "audio.file")  # paths relative to the job's folder
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ def _toml_error_position(e: tomllib.TOMLDecodeError, text: str) -> tuple[int, in
 
 
 def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> Fields:
-    """A layer's values under dotted keys, with problems for unknown keys and attachments not supported yet."""
+    """A layer's values under dotted keys, with problems for unknown keys."""
     fields: Fields = {}
     for key, value in table.items():
         label = _label(key, origin)
@@ -242,9 +244,6 @@ def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> 
             if origin:  # only the top of the file may hold [[jobs]]
                 problems.append(Problem(f"{label} is not allowed here: [[jobs]] tables belong in the job file only"
                                         f"{_from(origin)}", key=label))  # fmt: skip
-            continue
-        if key == "image":
-            problems.append(Problem(f"[image]: image-to-video {NOT_YET}{_from(origin)}", key=label, value=value))
             continue
         if key not in TOP_KEYS:
             problems.append(_unknown_key(key, origin))
@@ -260,13 +259,7 @@ def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> 
             continue
         for sub, subvalue in value.items():
             dotted = f"{key}.{sub}"
-            if dotted in ("audio.file", "audio.tts"):
-                what = "a soundtrack from a file" if sub == "file" else "narration (text to speech)"
-                problems.append(Problem(
-                    f"{_label(dotted, origin)} = {_show(subvalue)}: {what} {NOT_YET}{_from(origin)}",
-                    key=_label(dotted, origin), value=subvalue,
-                ))  # fmt: skip
-            elif sub not in TABLE_KEYS[key]:
+            if sub not in TABLE_KEYS[key]:
                 problems.append(_unknown_key(dotted, origin))
             else:
                 fields[dotted] = _Field(subvalue, origin)
@@ -413,7 +406,17 @@ def _resolve(
         generate_audio = False
         adjustments.append(f"audio.generate true -> false (model '{model.name}' makes no sound)")
 
-    # 9. The result's name: [output].name, else the job's name; numbered within a batch.
+    # 9. Attachments: paths inside the job's folder (the files themselves are checked after the claim).
+    image = _attachment_path(check, "image.file")
+    audio_file = _attachment_path(check, "audio.file")
+    strength = check.number("image.strength", lambda v: 0 < v <= 1,
+                            "give a number greater than 0 and at most 1 (1: the video starts exactly on the image)")
+    if "image.strength" in fields and "image.file" not in fields:
+        check.bad("image.strength", 'add the image itself under [image], like file = "first_frame.png"',
+                  verb="is given without image.file")  # fmt: skip
+    tts = _narration_text(check, prompt)
+
+    # 10. The result's name: [output].name, else the job's name; numbered within a batch.
     raw_name = check.text("output.name")
     name = safe_name(raw_name if raw_name is not None else stem)
     if raw_name is not None and name != raw_name:
@@ -453,7 +456,66 @@ def _resolve(
         thumbnail=True if thumbnail is None else thumbnail,
         preset=preset,
         adjustments=tuple(adjustments),
+        image=image,
+        image_strength=float(strength) if strength is not None else 1.0,
+        audio_file=audio_file,
+        tts=tts,
     )
+
+
+def attachment_names(spec: JobSpec) -> tuple[str, ...]:
+    """The files a job names, relative to its folder, in a stable order."""
+    return tuple(name for name in (spec.image, spec.audio_file) if name)
+
+
+def _attachment_path(check: _Checker, key: str) -> str | None:
+    """`file = "voice.mp3"` as a clean relative path inside the job's folder, or None (missing or refused).
+
+    Only the text is judged here; symlinks, sizes and contents are checked on the claimed files.
+    """
+    value = check.text(key)
+    if value is None:
+        return None
+    relative = 'give a path relative to the job file, like file = "voice.mp3", with the file beside the job file'
+    if not value.strip() or "\x00" in value:
+        check.bad(key, relative)
+        return None
+    if value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        check.bad(key, f"{relative} (or inside the job's folder)", verb="is an absolute path, which is not allowed")
+        return None
+    if "\\" in value:
+        check.bad(key, 'separate folder names with "/", like file = "media/voice.mp3"')
+        return None
+    parts = PurePosixPath(value).parts
+    if ".." in parts:
+        check.bad(key, f"{relative}; the file must be inside the job's folder", verb="leaves the job's folder ('..')")
+        return None
+    hidden = next((p for p in parts if is_ignored(p)), None)
+    if hidden is not None:
+        check.bad(key, f"'{hidden}' is a hidden or temporary name, which hotfolder never touches: rename the file",
+                  verb="names a file the inbox ignores")  # fmt: skip
+        return None
+    if PurePosixPath(value).suffix.lower() in JOB_FILE_SUFFIXES:
+        check.bad(key, "an attachment is an image (png, jpg, webp) or an audio file (wav, mp3, m4a, aiff, flac), "
+                  "not a job file", verb="is not an image or audio file")  # fmt: skip
+        return None
+    return PurePosixPath(value).as_posix()
+
+
+def _narration_text(check: _Checker, prompt: str | None) -> str | None:
+    """`tts = true` narrates the prompt; `tts = "text"` narrates the text; false or absent: no narration."""
+    if "audio.tts" not in check.fields:
+        return None
+    value = check.fields["audio.tts"].value
+    if value is True:
+        return prompt
+    if value is False:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    allowed = 'give true (narrate the prompt), false, or the text to narrate in double quotes'
+    check.bad("audio.tts", allowed if isinstance(value, str) else f"{allowed}, not {_kind(value)}")
+    return None
 
 
 class _Checker:
@@ -596,7 +658,7 @@ def _unknown_key(dotted: str, origin: str) -> Problem:
     """`key 'duraton' is not a job key; did you mean 'duration'?`, or where the key belongs, or the keys allowed."""
     label = _label(dotted, origin)
     table, _, leaf = dotted.rpartition(".")
-    homes = [t for t, keys in TABLE_KEYS.items() if leaf in keys and t != "image"]
+    homes = [t for t, keys in TABLE_KEYS.items() if leaf in keys]
     if table and leaf in TOP_KEYS:  # a top-level key written below a [table] line belongs to that table in TOML
         advice = f": {leaf} belongs at the top of the file, above the first [table] line"
     elif table:

@@ -4,7 +4,8 @@ The folders are the journal. Everything a claimed job owns lives in
 `processing/<job_id>/`, so a restart rebuilds the queue from the folders alone:
 
     processing/<job_id>/job.json        who the job is, its attempts, what was delivered
-    processing/<job_id>/input/<rel>     the claimed file or folder (rel keeps inbox/<preset>/)
+    processing/<job_id>/input/<rel>     the claimed file or folder (rel keeps inbox/<preset>/), and the
+                                        attachments a loose job file named, beside it
     processing/<job_id>/stage/          results being built (thrown away on restart)
     processing/<job_id>/progress.json   stage, step, percent, ETA of the running job
     processing/<job_id>/job.log         this job's log lines
@@ -18,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -50,6 +52,23 @@ _CRASH_AT = os.environ.get("HOTFOLDER_CRASH_AT", "")
 def crash_point(name: str) -> None:
     if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# The names sync clients give the second version of a file changed in two places at once.
+# iCloud's "NAME 2" is left out: it is also how people number their own files.
+_CONFLICT_PATTERNS = (
+    re.compile(r"^(?P<stem>.+?) \([^()]*conflicted copy[^()]*?(?: \(\d+\))?\)(?P<ext>\.[^.]*)?$"),  # Dropbox
+    re.compile(r"^(?P<stem>.+?)\.sync-conflict-\d{8}-\d{6}-[0-9A-Z]{7}(?P<ext>\.[^.]*)?$"),  # Syncthing
+)
+
+
+def sync_conflict_of(name: str) -> str | None:
+    """The original's name when `name` is a Dropbox or Syncthing conflict copy, else None."""
+    for pattern in _CONFLICT_PATTERNS:
+        m = pattern.match(name)
+        if m:
+            return m["stem"] + (m["ext"] or "")
+    return None
 
 
 def is_ignored(name: str) -> bool:
@@ -96,6 +115,31 @@ class Candidate:
     is_link: bool = False
 
 
+JOB_FILE_SUFFIXES = (".toml", ".txt")
+
+
+def is_loose_file(c: Candidate) -> bool:
+    """A plain file dropped straight into the inbox (or a preset folder): not a folder, not a link."""
+    return not c.is_link and c.path.is_file()
+
+
+def is_job_file(c: Candidate) -> bool:
+    return c.path.suffix.lower() in JOB_FILE_SUFFIXES
+
+
+def may_be_attachment(c: Candidate) -> bool:
+    """A loose file (or link) that is not a job file: a job file may still come and name it."""
+    return not is_job_file(c) and (c.is_link or c.path.is_file())
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What to claim now: a candidate, and the settled attachments a loose job file named."""
+
+    candidate: Candidate
+    attachments: tuple[Candidate, ...] = ()
+
+
 @dataclass
 class Job:
     """A claimed job: its folder in processing/ and what job.json records."""
@@ -109,10 +153,21 @@ class Job:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     delivering: dict[str, str] = field(default_factory=dict)  # index -> outbox folder name
     done: dict[str, str] = field(default_factory=dict)  # index -> outbox folder name (or "failed:...")
+    attachments: list[str] = field(default_factory=list)  # inbox-relative files claimed with a loose job file
 
     @property
     def input_path(self) -> Path:
         return self.folder / "input" / self.source
+
+    @property
+    def attachment_paths(self) -> list[Path]:
+        """Where the claimed attachments of a loose job file live (beside it under input/)."""
+        return [self.folder / "input" / rel for rel in self.attachments]
+
+    @property
+    def base(self) -> Path:
+        """The job's folder, which attachment paths are relative to: the dropped folder, or the job file's."""
+        return self.input_path if self.input_path.is_dir() else self.input_path.parent
 
     @property
     def stage(self) -> Path:
@@ -140,6 +195,7 @@ class Job:
             "attempts": self.attempts,
             "delivering": self.delivering,
             "done": self.done,
+            "attachments": self.attachments,
         }
 
     def save(self) -> None:
@@ -171,6 +227,7 @@ class Spool:
         self.config = config
         self.clock = clock
         self._seen: dict[Path, tuple[tuple[int, int, int], float]] = {}
+        self._waits: dict[Path, float] = {}  # loose files waiting for (or to be named as) attachments: since when
         self._seq = 0
 
     # -- folders -------------------------------------------------------
@@ -246,21 +303,89 @@ class Spool:
         ready.sort(key=lambda c: (self._seen[c.path][0][1] if c.path in self._seen else 0, c.rel))
         return ready, waiting
 
-    # -- claim ---------------------------------------------------------
-    def claim(self, c: Candidate) -> Job | None:
-        """Move the candidate into processing/ with one rename; None if it changed or vanished.
+    # -- arrivals: loose job files wait for the files they name ------------
+    def arrivals(
+        self, candidates: list[Candidate], ready: list[Candidate], names: Callable[[Candidate], tuple[str, ...]]
+    ) -> tuple[list[Arrival], bool]:
+        """What to claim now, in `ready`'s order, and whether anything is still waiting.
 
-        job.json is written before the rename, so a crash leaves either a folder with
-        no input (removed on restart) or a complete claim.
+        A settled loose `.toml` that names attachments (`names`: inbox-relative paths) is
+        claimed once every one of them has settled too, or, missing some, after
+        `attachment_wait_seconds` (the job then fails naming them). Files a job file names
+        are never claimed alone. Other loose files that are not job files wait as long, in
+        case their job file is still on its way, then are claimed (and fail as not a job); so
+        do links, which are never followed (a job file naming one fails saying so).
         """
-        prev = self._seen.pop(c.path, None)
-        if not c.is_link and (prev is None or _signature(c.path) != prev[0]):
-            return None  # changed since it settled: look again next scan
+        now = self.clock()
+        limit = self.config.attachment_wait_seconds
+        by_path = {c.path: c for c in ready}
+        present = {c.path for c in candidates}
+        for path in list(self._waits):
+            if path not in present:
+                del self._waits[path]
+        reserved: set[Path] = set()
+        plans: dict[Path, Arrival | None] = {}
+        for c in ready:
+            if not (is_loose_file(c) and c.path.suffix.lower() == ".toml"):
+                continue
+            wanted = [self.config.inbox / n for n in names(c)]
+            reserved.update(wanted)
+            settled = tuple(by_path[p] for p in wanted if p in by_path)
+            started = self._waits.setdefault(c.path, now)
+            if len(settled) == len(wanted) or now - started >= limit:
+                plans[c.path] = Arrival(c, settled)
+                self._waits.pop(c.path, None)
+            else:
+                plans[c.path] = None
+        out: list[Arrival] = []
+        waiting = False
+        for c in ready:
+            if c.path in plans:
+                plan = plans[c.path]
+                taken = {a.path for arrival in out for a in arrival.attachments}
+                if plan is None or any(a.path in taken for a in plan.attachments):
+                    waiting = True  # still waiting, or another job file named the same file first
+                else:
+                    out.append(plan)
+                continue
+            if c.path in reserved:
+                self._waits.pop(c.path, None)
+                continue
+            if may_be_attachment(c):
+                started = self._waits.setdefault(c.path, now)
+                if now - started < limit:
+                    waiting = True
+                    continue
+                self._waits.pop(c.path, None)
+            out.append(Arrival(c))
+        return out, waiting
+
+    def waited(self, c: Candidate) -> float:
+        """Seconds a loose file has waited so far (0 when it is not waiting)."""
+        started = self._waits.get(c.path)
+        return 0.0 if started is None else self.clock() - started
+
+    # -- claim ---------------------------------------------------------
+    def claim(self, c: Candidate, attachments: tuple[Candidate, ...] = ()) -> Job | None:
+        """Move the candidate (and the attachments it named) into processing/; None if any changed or vanished.
+
+        job.json is written first and lists the attachments, then each file moves with one
+        rename, the job file first. A crash leaves a folder with no input (removed on restart),
+        or a claimed job file whose remaining attachments `recover` moves in after it.
+        """
+        for item in (c, *attachments):
+            prev = self._seen.get(item.path)
+            if not item.is_link and (prev is None or _signature(item.path) != prev[0]):
+                self._seen.pop(item.path, None)
+                return None  # changed since it settled: look again next scan
+        for item in (c, *attachments):
+            self._seen.pop(item.path, None)
         wall = time.time()
         self._seq += 1
         job_id = f"{timestamp(wall)}-{secrets.token_hex(3)}"
         folder = self.config.processing / job_id
-        job = Job(job_id=job_id, folder=folder, source=c.rel, preset=c.preset, arrival=wall, seq=self._seq)
+        job = Job(job_id=job_id, folder=folder, source=c.rel, preset=c.preset, arrival=wall, seq=self._seq,
+                  attachments=[a.rel for a in attachments])  # fmt: skip
         job.input_path.parent.mkdir(parents=True)
         job.save()
         try:
@@ -269,7 +394,23 @@ class Spool:
             shutil.rmtree(folder, ignore_errors=True)
             return None  # someone else claimed it
         crash_point("claimed")
+        self._claim_attachments(job)
         return job
+
+    def _claim_attachments(self, job: Job) -> None:
+        """Move each attachment still in the inbox beside the claimed job file (one rename each).
+
+        One that vanished is left out; the job then fails naming it.
+        """
+        for rel, target in zip(job.attachments, job.attachment_paths):
+            if os.path.lexists(target):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(self.config.inbox / rel, target)
+            except FileNotFoundError:
+                continue
+            crash_point("claimed_attachment")
 
     def recover(self) -> list[Job]:
         """Rebuild the queue from processing/ after a start or a crash.
@@ -305,7 +446,9 @@ class Spool:
                 attempts=rec.get("attempts", []),
                 delivering=rec.get("delivering", {}),
                 done=rec.get("done", {}),
+                attachments=rec.get("attachments", []),
             )
+            self._claim_attachments(job)  # a crash between the job file's rename and its attachments'
             for index, name in list(job.delivering.items()):
                 if index not in job.done and self._delivered_by(job, name):
                     job.done[index] = name
@@ -357,17 +500,21 @@ class Spool:
         build = job.folder / f"failed-{index if index is not None else 'all'}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
-        original = job.input_path
-        dest = build / original.name
-        if index is None:
-            os.rename(original, dest)
-        elif original.is_symlink():
-            os.symlink(os.readlink(original), dest)
-        elif original.is_dir():
-            shutil.copytree(original, dest, symlinks=True)
-        else:
-            shutil.copy2(original, dest)
+        for original in (job.input_path, *job.attachment_paths):
+            if not os.path.lexists(original):
+                continue  # an attachment that never arrived
+            dest = build / original.name
+            if index is None:
+                os.rename(original, dest)
+            elif original.is_symlink():
+                os.symlink(os.readlink(original), dest)
+            elif original.is_dir():
+                shutil.copytree(original, dest, symlinks=True)
+            else:
+                shutil.copy2(original, dest)
         error = {"job_id": job.job_id, "source": job.source, "index": index, **error}
+        if job.attachments:  # inbox-relative: where `hotfolder retry` should put them back
+            error["attachments"] = job.attachments
         write_json_atomic(build / "error.json", error)
         (build / "error.txt").write_text(_error_text(error), encoding="utf-8")
         if job.log_file.exists():

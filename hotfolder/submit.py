@@ -1,8 +1,11 @@
 """Put jobs into the inbox atomically, follow them, and check job files without running them.
 
 A job is written under `inbox/.incoming/` (a hidden name the daemon ignores) and
-then renamed into place, so the daemon never sees half of it. The job is checked
-first with the daemon's own parser: what it would reject is never submitted.
+then renamed into place, so the daemon never sees half of it. A job with
+attachments (--image, --audio, or files its job file names) is staged as a job
+folder holding copies of them, and the folder is renamed into place in one step.
+The job is checked first with the daemon's own parser and attachment checks:
+what it would reject is never submitted.
 """
 
 from __future__ import annotations
@@ -18,13 +21,25 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass, field
+
 import tomli_w
 
+from hotfolder.attachments import check_job
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, UsageError
-from hotfolder.spec import parse
+from hotfolder.spec import attachment_names, parse
 
 STALE_HEARTBEAT_S = 10.0
+
+
+@dataclass
+class Staged:
+    """One job to drop: its job file's name and bytes, and the files to stage beside it (folder name -> source)."""
+
+    name: str
+    data: bytes
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,6 +52,51 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _attachment_flags(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+    """The [image]/[audio] tables the flags ask for, and the files to copy (name in the job folder -> source)."""
+    tables: dict[str, dict[str, Any]] = {}
+    files: dict[str, Path] = {}
+    for flag, table in (("image", "image"), ("audio", "audio")):
+        source = getattr(args, flag, None)
+        if source is None:
+            continue
+        if not Path(source).is_file():
+            raise UsageError(f"--{flag} {source}: no such file")
+        name = Path(source).name
+        if name in files or Path(name).suffix.lower() in (".toml", ".txt"):
+            name = f"{flag}-{name}"
+        files[name] = Path(source)
+        tables.setdefault(table, {})["file"] = name
+    if getattr(args, "strength", None) is not None:
+        if "image" not in tables:
+            raise UsageError("--strength goes with --image: it says how closely the video follows the image.")
+        tables["image"]["strength"] = args.strength
+    if getattr(args, "tts", None) is not None and getattr(args, "narrate", False):
+        raise UsageError("use --tts TEXT (narrate TEXT) or --narrate (narrate the prompt), not both.")
+    if getattr(args, "tts", None) is not None:
+        tables.setdefault("audio", {})["tts"] = args.tts
+    elif getattr(args, "narrate", False):
+        tables.setdefault("audio", {})["tts"] = True
+    return tables, files
+
+
+def _merge_tables(doc: dict[str, Any], tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    for table, values in tables.items():
+        current = doc.get(table)
+        doc[table] = {**(current if isinstance(current, dict) else {}), **values}
+    return doc
+
+
+def _named_files(path: Path, config: Config) -> dict[str, Path]:
+    """The attachments a job file names, found beside it, to be copied into its staged folder."""
+    try:
+        specs = parse(path, config, display_name=path.name)
+    except JobInvalid:
+        return {}  # the check of the staged copy reports it
+    names = {n for spec in specs for n in attachment_names(spec)}
+    return {n: path.parent / n for n in sorted(names)}
+
+
 def _int(text: str, flag: str) -> int:
     try:
         return int(text)
@@ -44,30 +104,34 @@ def _int(text: str, flag: str) -> int:
         raise UsageError(f'{flag} {text!r} is not a whole number (or "random").') from None
 
 
-def _job_document(text: str, opts: dict[str, Any], name: str | None) -> bytes:
+def _job_document(text: str, opts: dict[str, Any], name: str | None,
+                  tables: dict[str, dict[str, Any]] | None = None) -> bytes:
     doc: dict[str, Any] = {"prompt": text.strip(), **opts}
     if name:
         doc["output"] = {"name": name}
-    return tomli_w.dumps(doc).encode()
+    return tomli_w.dumps(_merge_tables(doc, tables or {})).encode()
 
 
-def _staged_jobs(args: argparse.Namespace) -> list[tuple[str, bytes]]:
-    """(file name, content) for each input: prompt text, a job file, or stdin."""
+def _staged_jobs(args: argparse.Namespace, config: Config) -> list[Staged]:
+    """What to drop for each input: prompt text, a job file (with the files it names), or stdin."""
     opts = _options(args)
-    jobs: list[tuple[str, bytes]] = []
+    tables, files = _attachment_flags(args)
+    jobs: list[Staged] = []
     for item in args.inputs:
         if item == "-":
             text = sys.stdin.read()
             if not text.strip():
                 raise UsageError("nothing on standard input: pipe a prompt into `hotfolder submit -`.")
-            jobs.append((f"{args.name or 'prompt'}.toml", _job_document(text, opts, args.name)))
+            jobs.append(Staged(f"{args.name or 'prompt'}.toml", _job_document(text, opts, args.name, tables), files))
         elif Path(item).is_file():
             path = Path(item)
             data = path.read_bytes()
-            if not opts and not args.name:
-                jobs.append((path.name, data))
+            named = _named_files(path, config) if path.suffix.lower() == ".toml" else {}
+            if not opts and not args.name and not tables:
+                jobs.append(Staged(path.name, data, named))
             elif path.suffix.lower() == ".txt":
-                jobs.append((f"{path.stem}.toml", _job_document(data.decode("utf-8", "replace"), opts, args.name)))
+                text = data.decode("utf-8", "replace")
+                jobs.append(Staged(f"{path.stem}.toml", _job_document(text, opts, args.name, tables), files))
             else:
                 try:
                     doc = tomllib.loads(data.decode("utf-8"))
@@ -76,12 +140,13 @@ def _staged_jobs(args: argparse.Namespace) -> list[tuple[str, bytes]]:
                 doc.update(opts)
                 if args.name:
                     doc.setdefault("output", {})["name"] = args.name
-                jobs.append((path.name, tomli_w.dumps(doc).encode()))
+                doc = _merge_tables(doc, tables)
+                jobs.append(Staged(path.name, tomli_w.dumps(doc).encode(), {**named, **files}))
         elif Path(item).suffix.lower() in (".toml", ".txt") and len(item.split()) == 1:
             raise UsageError(f"{item}: no such file. To submit it as a prompt, put it in quotes with more words.")
         else:
             name = args.name or _slug(item)
-            jobs.append((f"{name}.toml", _job_document(item, opts, args.name)))
+            jobs.append(Staged(f"{name}.toml", _job_document(item, opts, args.name, tables), files))
     return jobs
 
 
@@ -91,7 +156,8 @@ def _slug(text: str) -> str:
 
 
 def _free_name(folder: Path, name: str) -> Path:
-    stem, suffix = Path(name).stem, Path(name).suffix
+    path = Path(name)  # "lake.toml" -> "lake 2.toml"; a folder "lake.v2" -> "lake.v2 2"
+    stem, suffix = (path.stem, path.suffix) if path.suffix.lower() in (".toml", ".txt") else (name, "")
     for n in range(1, 10_000):
         target = folder / (name if n == 1 else f"{stem} {n}{suffix}")
         if not os.path.lexists(target):
@@ -104,24 +170,63 @@ def submit(config: Config, args: argparse.Namespace) -> int:
     incoming = config.inbox / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     dropped: list[tuple[Path, int]] = []
-    for name, data in _staged_jobs(args):
-        tmp = incoming / f"{secrets.token_hex(6)}-{name}"
-        tmp.write_bytes(data)
+    for job in _staged_jobs(args, config):
         try:
-            specs = parse(tmp, config, display_name=name)
+            target, count = _drop_folder(config, incoming, job) if job.files else _drop_file(config, incoming, job)
         except JobInvalid as e:
-            tmp.unlink()
             print(e.describe(), file=sys.stderr)
             return 2
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        target = _free_name(config.inbox, name)
-        os.rename(tmp, target)
-        dropped.append((target, len(specs)))
+        dropped.append((target, count))
         print(f"submitted {target}", file=sys.stderr if args.wait else sys.stdout)
     if not args.wait:
         return 0
     return wait_for(config, dropped, timeout=args.timeout)
+
+
+def _drop_file(config: Config, incoming: Path, job: Staged) -> tuple[Path, int]:
+    """A lone job file: written hidden, checked, renamed into the inbox. Returns (path, entries)."""
+    tmp = incoming / f"{secrets.token_hex(6)}-{job.name}"
+    tmp.write_bytes(job.data)
+    try:
+        specs = parse(tmp, config, display_name=job.name)
+    except JobInvalid:
+        tmp.unlink()
+        raise
+    _fsync(tmp)
+    target = _free_name(config.inbox, job.name)
+    os.rename(tmp, target)
+    return target, len(specs)
+
+
+def _drop_folder(config: Config, incoming: Path, job: Staged) -> tuple[Path, int]:
+    """A job folder: the job file plus copies of its attachments, checked like the daemon will
+    (parser, paths, probes), then moved into the inbox with one rename."""
+    stem = Path(job.name).stem
+    tmp = incoming / f"{secrets.token_hex(6)}-{stem}"
+    tmp.mkdir()
+    try:
+        (tmp / job.name).write_bytes(job.data)
+        for name, source in job.files.items():
+            if not source.is_file():
+                raise UsageError(f"{source}: no such file (named by {job.name})")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp / name)
+        specs = parse(tmp / job.name, config, display_name=stem)
+        check_job(specs, tmp, config, label=stem, loose=False)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        target = _free_name(config.inbox, stem)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, len(specs)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def wait_for(config: Config, dropped: list[tuple[Path, int]], *, timeout: float | None = None) -> int:

@@ -6,6 +6,8 @@ drive a real daemon process:
   HOTFOLDER_FAKE_STEP_S   seconds per denoising step (default 0)
   HOTFOLDER_FAKE_FAIL     fail the first N generate calls of this process with a BackendError
   HOTFOLDER_FAKE_LOADS    a file to which each load() appends a line
+  HOTFOLDER_FAKE_IMAGES   a file to which each generate() appends the spec's image path (or "-")
+Like a real image-to-video backend, it reads the image it is given: its mean colour tints the frames.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ class FakeBackend:
             raise BackendError("fake failure for the test", hint="none")
         rng = np.random.default_rng(spec.seed)
         colour = rng.integers(0, 255, size=3, dtype=np.uint8)
+        images = os.environ.get("HOTFOLDER_FAKE_IMAGES")
+        if images:
+            with open(images, "a") as f:
+                f.write(f"{spec.image or '-'}\n")
+        if spec.image:
+            from PIL import Image
+
+            with Image.open(spec.image) as im:  # an absolute path: the daemon resolved it in the job's folder
+                colour = np.asarray(im.convert("RGB")).reshape(-1, 3).mean(axis=0).astype(np.uint8)
         frames = np.broadcast_to(colour, (spec.num_frames, spec.height, spec.width, 3)).copy()
         sr = 16000
         samples = int(round(spec.num_frames / spec.fps * sr))

@@ -61,7 +61,7 @@ BAD_INPUTS: list[tuple[str, bytes, str]] = [
     ("binary.toml", bytes(range(256)) * 4, "text"),
     ("too-big.txt", b"a very long prompt " * 200, "bytes"),
     ("latin1.txt", "Un caf\u00e9 au bord du lac".encode("latin-1"), "UTF-8"),
-    ("image.toml", b'prompt = "a cat"\n[image]\nfile = "cat.png"\n', "not supported yet"),
+    ("image.toml", b'prompt = "a cat"\n[image]\nfile = "../cat.png"\n', "leaves the job's folder"),
 ]
 
 

@@ -121,3 +121,29 @@ def test_the_mlx_backend_through_the_daemon_loads_once_and_delivers_video_with_s
         assert meta["backend"] == "mlx" and "noise" in meta["model_label"]
     loads = sorted(m["timings"]["load_s"] for m, _ in metas)
     assert loads[0] == 0 and loads[1] > 0
+
+
+def test_production_runs_both_stages_and_an_image_job_changes_the_video(root: Root, tmp_path: Path) -> None:
+    from PIL import Image
+
+    job = 'prompt = "A harbour at dawn"\nwidth = 256\nheight = 128\nduration = 0.75\nfps = 12\nsteps = 2\n'
+    _write(root.inbox / "prod.toml", job + 'mode = "production"\n')
+    folder = root.inbox / "framed"
+    folder.mkdir()
+    Image.new("RGB", (160, 90), (220, 30, 30)).save(folder / "first.png")
+    _write(folder / "framed.toml", job + '[image]\nfile = "first.png"\n')
+    _write(root.inbox / "plain.toml", job)
+    run = root.cli("run", "--once", "--backend", "diffusers", "--model", "tiny", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = {root.metadata(r)["source"]: (r, root.metadata(r)) for r in root.results()}
+    result, meta = results["prod.toml"]
+    assert [s["name"] for s in meta["backend_info"]["stages"]] == ["stage1", "stage2"]
+    log = (result / "prod.log").read_text()
+    assert "stage1 128x64 2 steps; stage2 256x128 3 steps" in log
+    info = probe(result / "prod.mp4")
+    assert (info.video.width, info.video.height, info.video.num_frames) == (256, 128, 9) and info.audio is not None
+    [framed_source] = [s for s in results if s.startswith("framed")]
+    (framed, fmeta), (plain, pmeta) = results[framed_source], results["plain.toml"]
+    assert fmeta["cache_key"] != pmeta["cache_key"]
+    assert fmeta["backend_info"]["image_fit"]["target_size"] == [256, 128]
+    assert (framed / "framed.jpg").read_bytes() != (plain / "plain.jpg").read_bytes()

@@ -268,3 +268,57 @@ def test_fit_audio_pads_with_silence_or_trims() -> None:
 def test_ffmpeg_exe_is_cached() -> None:
     assert media.ffmpeg_exe() is media.ffmpeg_exe()
     assert Path(media.ffmpeg_exe()).is_file()
+
+
+# --- soundtracks: voice-over and narration ---------------------------------------------------
+
+
+def _tone(path: Path, seconds: float, freq: int = 440) -> Path:
+    import subprocess
+
+    subprocess.run([media.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", f"sine=frequency={freq}:duration={seconds}", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize(("suffix", "seconds", "word"), [(".mp3", 3.0, "trimmed"), (".flac", 0.2, "padded"),
+                                                         (".m4a", 2.0, "trimmed"), (".aiff", 0.5, "padded")])
+def test_replace_audio_fits_any_format_exactly_to_the_video(tmp_path: Path, suffix: str, seconds: float,
+                                                            word: str) -> None:
+    video = tmp_path / "clip.mp4"
+    media.encode_mp4(make_clip(25, fps=24.0, audio_seconds=1.0), video)  # 25 frames: 1.0417 s
+    out = tmp_path / "out.mp4"
+    how = media.replace_audio(video, _tone(tmp_path / f"voice{suffix}", seconds), out, seconds=25 / 24)
+    assert how.startswith(word), how
+    info = media.probe(out)
+    assert info.video is not None and info.video.num_frames == 25 and info.faststart
+    assert info.audio is not None and info.audio.codec == "aac"
+    assert abs(info.audio.duration - 25 / 24) < 1 / 48000 * 2
+
+
+def test_mix_audio_keeps_the_length_and_adds_the_voice(tmp_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    media.encode_mp4(make_clip(25, fps=24.0, audio_seconds=1.0), video)
+    out = tmp_path / "mixed.mp4"
+    how = media.mix_audio(video, _tone(tmp_path / "voice.wav", 0.5, 1000), out, seconds=25 / 24)
+    assert how.startswith("padded")
+    info = media.probe(out)
+    assert info.audio is not None and abs(info.audio.duration - 25 / 24) < 1 / 24
+    with pytest.raises(media.MediaError) as bad:  # a video without sound has nothing to mix over
+        silent = tmp_path / "silent.mp4"
+        media.encode_mp4(make_clip(25, fps=24.0), silent)
+        media.mix_audio(silent, tmp_path / "voice.wav", tmp_path / "nope.mp4", seconds=1.0)
+    assert "voice.wav" in str(bad.value) and not (tmp_path / "nope.mp4").exists()
+
+
+def test_probe_reports_cut_off_and_damaged_audio(tmp_path: Path) -> None:
+    whole = _tone(tmp_path / "whole.flac", 3.0)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    info = media.probe(cut)
+    assert info.header_duration == 3.0 and info.audio is not None and info.audio.duration < 2.0
+    wav = _tone(tmp_path / "whole.wav", 1.0)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(wav.read_bytes()[:-1])  # half a sample at the end
+    assert any("Invalid" in line or "corrupt" in line for line in media.probe(broken).damage)
+    assert media.probe(whole).damage == () and media.probe(whole).header_duration == 3.0

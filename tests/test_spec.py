@@ -639,22 +639,61 @@ def test_model_that_the_backend_cannot_run(tmp_path):
     assert 'backend = "diffusers"' in message
 
 
-# --- attachments not supported yet ------------------------------------------------
+# --- attachments: the job file's side (the files themselves: tests/test_attachments.py) ----
+
+
+def test_attachments_resolve_to_clean_relative_paths(tmp_path):
+    spec = job(tmp_path, 'prompt = "A lake"\n[image]\nfile = "./media/first.png"\nstrength = 0.7\n'
+                         '[audio]\nfile = "voice.mp3"\ntts = "Hello there"\n')
+    assert (spec.image, spec.image_strength, spec.audio_file, spec.tts) == ("media/first.png", 0.7, "voice.mp3",
+                                                                            "Hello there")
+    assert spec.image_sha256 is None  # filled in by the daemon from the claimed file
+
+
+def test_tts_true_narrates_the_prompt_and_false_narrates_nothing(tmp_path):
+    assert job(tmp_path, 'prompt = " A lake at dawn "\n[audio]\ntts = true\n').tts == "A lake at dawn"
+    assert job(tmp_path, 'prompt = "x"\n[audio]\ntts = false\n').tts is None
+    assert job(tmp_path, 'prompt = "x"\n').tts is None
+
+
+def test_batch_entries_name_their_own_images(tmp_path):
+    specs = parse(write(tmp_path, "b.toml", '[image]\nstrength = 0.5\n[[jobs]]\nprompt = "a"\n[jobs.image]\n'
+                        'file = "a.png"\n[[jobs]]\nprompt = "b"\n[jobs.image]\nfile = "b.png"\n'), config(tmp_path))
+    assert [(s.image, s.image_strength) for s in specs] == [("a.png", 0.5), ("b.png", 0.5)]
 
 
 @pytest.mark.parametrize(
-    "table, shown",
+    "table, start, detail",
     [
-        ('[image]\nfile = "first.png"\nstrength = 1.0\n', "[image]: image-to-video"),
-        ('[audio]\nfile = "voice.mp3"\n', 'audio.file = "voice.mp3"'),
-        ('[audio]\ntts = "Hello there"\n', 'audio.tts = "Hello there"'),
-        ("[audio]\ntts = true\n", "audio.tts = true"),
+        ('[image]\nfile = "../secret.png"\n', 'image.file = "../secret.png" leaves the job\'s folder', "relative"),
+        ('[audio]\nfile = "a/../../x.mp3"\n', 'audio.file = "a/../../x.mp3" leaves the job\'s folder', "inside"),
+        ('[audio]\nfile = "/etc/hosts"\n', 'audio.file = "/etc/hosts" is an absolute path', "relative"),
+        ('[image]\nfile = "~/cat.png"\n', 'image.file = "~/cat.png" is an absolute path', "relative"),
+        ('[image]\nfile = "C:\\\\cat.png"\n', 'image.file = "C:\\\\cat.png" is an absolute path', "relative"),
+        ('[image]\nfile = "media\\\\cat.png"\n', "is not allowed", '"/"'),
+        ('[image]\nfile = ""\n', 'image.file = "" is not allowed', "relative"),
+        ('[audio]\nfile = ".voice.mp3"\n', 'audio.file = ".voice.mp3" names a file the inbox ignores', "rename"),
+        ('[audio]\nfile = "voice.mp3.part"\n', "names a file the inbox ignores", "rename"),
+        ('[audio]\nfile = "other.toml"\n', 'audio.file = "other.toml" is not an image or audio file', "wav"),
+        ("[audio]\nfile = 3\n", "audio.file = 3 is not allowed", "text"),
+        ('[image]\nfile = "a.png"\nstrength = 0\n', "image.strength = 0 is not allowed", "greater than 0"),
+        ('[image]\nfile = "a.png"\nstrength = 1.5\n', "image.strength = 1.5 is not allowed", "at most 1"),
+        ('[image]\nfile = "a.png"\nstrength = "full"\n', 'image.strength = "full" is not allowed', "not text"),
+        ("[image]\nstrength = 0.5\n", "image.strength = 0.5 is given without image.file", "file ="),
+        ('[audio]\ntts = ""\n', 'audio.tts = "" is not allowed', "text to narrate"),
+        ("[audio]\ntts = 1\n", "audio.tts = 1 is not allowed", "not a whole number"),
+        ('[image]\nfile = "a.png"\nsize = 3\n', "key 'image.size' is not a job key", "[image] may hold file, strength"),
+        ('image = "a.png"\n', 'image = "a.png" is not allowed: write it as a table', "[image]"),
     ],
 )
-def test_attachments_are_not_supported_yet(tmp_path, table, shown):
+def test_bad_attachment_keys_name_the_key_the_value_and_what_is_allowed(tmp_path, table, start, detail):
     message = only(tmp_path, 'prompt = "x"\n' + table).message
-    assert message.startswith(shown)
-    assert "is not supported yet in this version of hotfolder; remove it to run the job without it" in message
+    assert message.startswith(start) or start in message, message
+    assert detail in message
+
+
+def test_a_top_level_file_key_points_to_its_table(tmp_path):
+    assert "did you mean 'audio.file'?" in only(tmp_path, 'prompt = "x"\nfile = "a.mp3"\n').message
 
 
 def test_audio_generate_is_supported(tmp_path):

@@ -1,0 +1,252 @@
+"""`hotfolder config init|show|path`: the config file a person edits, and where each value comes from.
+
+`init` writes a documented config.toml whose settings are the built-in defaults,
+commented out (`#key = value`), so the file documents everything but changes
+nothing until a line is uncommented; the defaults are read from the code, so the
+file cannot drift from them. `show` prints every value in effect with its origin:
+default, the config file, HOTFOLDER_ROOT, or a flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from hotfolder.config import (BUILTIN_MODELS, BUILTIN_PRESETS, CONFIG_KEYS, JOB_DEFAULTS, Config,
+                              default_config_file, default_root, load_config)
+from hotfolder.errors import UsageError
+
+TABLES = ("defaults", "presets", "models")
+SCALARS = tuple(k for k in CONFIG_KEYS if k not in TABLES)  # follows config.py: a new key is shown at once
+
+
+def _toml_value(value: Any) -> str:
+    """A value as TOML writes it on one line (`1.0`, `"text"`, `true`, `{ a = 1 }`)."""
+    if isinstance(value, Path):
+        value = str(value)
+    if value is None:
+        return "(unset)"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _key(key: str) -> str:
+    return key if key.replace("-", "").replace("_", "").isalnum() else json.dumps(key)
+
+
+def default_text(root: Path | None = None) -> str:
+    """The documented config.toml `init` writes."""
+    d = Config(root=root or default_root())
+    home = str(Path.home())
+
+    def path(p: Path) -> str:
+        s = str(p)
+        return "~" + s[len(home):] if s.startswith(home + os.sep) else s
+
+    def setting(key: str, value: Any) -> str:
+        return f"#{key} = {_toml_value(value)}"
+
+    root_line = f"root = {_toml_value(path(d.root))}" if root else setting("root", path(d.root))
+    defaults = "\n".join(setting(k, v) for k, v in JOB_DEFAULTS.items() if k not in ("backend",))
+    text = _documented(d, setting, path, root_line, defaults)
+    # A key added to config.py after this text was written still appears, with its default,
+    # above the first table (below it, it would belong to that table).
+    others = [k for k in SCALARS if not re.search(rf"^#?{k} =", text, re.M)]
+    if others:
+        lines = "".join(setting(k, getattr(d, k)) + "\n" if getattr(d, k) is not None
+                        else f"# {k} is unset by default\n" for k in others)
+        marker = "# Defaults for every job file"
+        text = text.replace(marker, f"# Other settings (see the README):\n{lines}\n{marker}", 1)
+    return text
+
+
+def _documented(d: Config, setting: Any, path: Any, root_line: str, defaults: str) -> str:
+    return f"""\
+# hotfolder configuration.
+#
+# Every setting below shows its built-in default, commented out: remove the leading "#"
+# of a line to change it. Precedence, lowest first: built-in defaults < this file <
+# the HOTFOLDER_ROOT environment variable < command-line flags (--root, --backend, --model).
+# `hotfolder config show` prints each value in effect and where it came from.
+# After editing, restart the daemon: `hotfolder agent restart` (or stop and start `hotfolder run`).
+
+# The hot folder: inbox/, processing/, outbox/, failed/ and status.json live here.
+# On macOS keep it outside Desktop, Documents, Downloads and iCloud Drive: macOS hides those
+# from background agents unless their Python has Full Disk Access (see docs/mac.md).
+{root_line}
+
+# A file is taken only after its size and modification time stayed the same this long (seconds).
+# Raise it for slow network or sync folders (e.g. 5.0 for a Dropbox or Syncthing inbox).
+{setting("settle_seconds", d.settle_seconds)}
+# File events are only hints: the inbox is also rescanned this often (seconds).
+{setting("rescan_seconds", d.rescan_seconds)}
+# Poll the inbox instead of relying on file events: needed on network volumes (SMB, NFS)
+# and for files that sync clients create without an event on this Mac. Same as `hotfolder run --poll`.
+{setting("polling", d.polling)}
+
+# The model and backend for jobs that name none: a name from [models] (see `hotfolder models list`)
+# or a folder of weights; backend auto | mlx | diffusers.
+{setting("model", d.model)}
+{setting("backend", d.backend)}
+
+# A failing generation (out of memory, a crash) is tried this many times in all, then goes to failed/.
+{setting("max_attempts", d.max_attempts)}
+# The first retry waits this many seconds; each later one waits 4 times longer (at most 5 minutes).
+{setting("retry_backoff_seconds", getattr(d, "retry_backoff_seconds", 5.0))}
+# Free the model's memory after this many minutes without a job (0: keep it loaded forever).
+{setting("idle_unload_minutes", getattr(d, "idle_unload_minutes", 30.0))}
+# The largest prompt or job file accepted, in bytes.
+{setting("max_prompt_bytes", d.max_prompt_bytes)}
+# The largest image or audio file a job may name, in bytes.
+{setting("max_attachment_bytes", getattr(d, "max_attachment_bytes", 2 * 1024**3))}
+# How long a loose job file waits for the files it names to arrive beside it (seconds).
+# A sync client may deliver the job file before its image: raise it for slow syncs.
+{setting("attachment_wait_seconds", getattr(d, "attachment_wait_seconds", 300.0))}
+
+# A desktop notification when a job finishes or fails (macOS Notification Center, notify-send on Linux).
+{setting("notifications", d.notifications)}
+
+# Identical requests are served from this cache without touching the model; the least recently
+# used entries are evicted above cache_max_bytes ({d.cache_max_bytes // 1024**3} GiB).
+{setting("cache_max_bytes", d.cache_max_bytes)}
+{setting("cache_dir", path(d.cache_dir))}
+# The daemon's JSON-lines log, and its state.
+{setting("log_dir", path(d.log_dir))}
+{setting("state_dir", path(d.state_dir))}
+
+# MLX backend (Apple Silicon). Keep the Gemma text encoder loaded between jobs; false loads it
+# for each job: slower, but about 24 GB less memory (for Macs with 64 GB or less).
+{setting("mlx_keep_text_encoder", getattr(d, "mlx_keep_text_encoder", True))}
+# MLX memory and buffer-cache limits in GB. Unset by default (MLX decides); these values are examples.
+#mlx_memory_limit_gb = 48.0
+#mlx_cache_limit_gb = 8.0
+
+# Defaults for every job file (a job's own keys, and its inbox/<preset>/ folder, win).
+#[defaults]
+{defaults}
+
+# Presets: a job dropped into inbox/<name>/ gets these keys. Built in: {", ".join(BUILTIN_PRESETS)}
+# (each sets its format). Add your own, e.g. inbox/longform/:
+#[presets.longform]
+#mode = "production"
+#duration = 10.0
+
+# Models: the built-in table is {", ".join(BUILTIN_MODELS)}. Change an entry or add one, e.g.
+# a fine-tune in the Hugging Face cache (download it with `hotfolder models pull my-ltx`):
+#[models.my-ltx]
+#family = "ltx2"
+#diffusers_repo = "your-name/your-ltx2-finetune"
+#size_gb = 42.0
+"""
+
+
+def init(config_file: Path | None, *, root: Path | None = None, force: bool = False) -> int:
+    """Write the documented default config; an existing file is kept unless --force (then backed up)."""
+    path = (config_file or default_config_file()).expanduser()
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; edit it, or run `hotfolder config init --force` to replace it "
+                         f"(the old one is kept as {path.name}.bak).")
+    text = default_text(root.expanduser().absolute() if root else None)
+    tomllib.loads(text)  # never write a file load_config would reject
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".bak"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    print(path)
+    return 0
+
+
+def show_path(config_file: Path | None) -> int:
+    path = (config_file or default_config_file()).expanduser()
+    print(path)
+    if not path.exists():
+        print("(it does not exist yet: `hotfolder config init` writes a documented one)", file=sys.stderr)
+    return 0
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}  # load_config has already said what is wrong with it
+
+
+def origins(config: Config, *, config_file: Path | None, root_flag: Path | None,
+            env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Every value in effect and where it came from, grouped: settings, defaults, presets, models."""
+    path = (config_file or default_config_file()).expanduser()
+    data = _read(path)
+    in_file = f"config file {path}"
+    settings: dict[str, Any] = {}
+    for key in SCALARS:
+        value = getattr(config, key)
+        if key == "root":
+            origin = ("flag --root" if root_flag is not None else "env HOTFOLDER_ROOT" if env.get("HOTFOLDER_ROOT")
+                      else in_file if "root" in data else "default")
+        elif key in ("model", "backend") and key in data.get("defaults", {}):
+            origin = f"{in_file} [defaults]"
+        else:
+            origin = in_file if key in data else "default"
+        settings[key] = {"value": str(value) if isinstance(value, Path) else value, "origin": origin}
+    file_defaults = data.get("defaults", {})
+    defaults = {k: {"value": v, "origin": f"{in_file} [defaults]" if k in file_defaults else "default"}
+                for k, v in config.job_defaults.items()}
+    file_presets = data.get("presets", {})
+    presets = {k: {"value": dict(v), "origin": in_file if k in file_presets else "built in"}
+               for k, v in config.presets.items()}
+    file_models = data.get("models", {})
+    models = {}
+    for name, m in config.models.items():
+        origin = "built in"
+        if name in file_models:
+            origin = f"built in, changed in {in_file}" if name in BUILTIN_MODELS else in_file
+        shown = ("family", "diffusers_repo", "mlx_repo", "mlx_text_encoder_repo", "revision", "size_gb", "tiny",
+                 "local_path")
+        models[name] = {"value": {k: getattr(m, k) for k in shown if getattr(m, k) not in (None, False, 0.0)},
+                        "origin": origin}
+    return {"config_file": {"value": str(path), "origin": "exists" if path.is_file() else "not found"},
+            "settings": settings, "defaults": defaults, "presets": presets, "models": models}
+
+
+def show(config: Config, *, config_file: Path | None, root_flag: Path | None,
+         env: Mapping[str, str] | None = None, as_json: bool = False) -> int:
+    """Print the configuration in effect, each value with its origin."""
+    info = origins(config, config_file=config_file, root_flag=root_flag, env=os.environ if env is None else env)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    cf = info["config_file"]
+    print(f"# config file: {cf['value']} ({cf['origin']})")
+    rows: list[tuple[str, str]] = [(f"{k} = {_toml_value(v['value'])}", v["origin"])
+                                   for k, v in info["settings"].items()]
+    for table in ("defaults", "presets", "models"):
+        rows.append(("", ""))
+        rows.append((f"[{table}]", ""))
+        for k, v in info[table].items():
+            rows.append((f"{k} = {_toml_value(v['value'])}", v["origin"]))
+    width = min(60, max(len(r[0]) for r in rows))
+    for text, origin in rows:
+        print(f"{text:<{width}}  # {origin}" if origin else text)
+    return 0
+
+
+def command(action: str, *, config_file: Path | None, root: Path | None, force: bool = False,
+            as_json: bool = False) -> int:
+    """`hotfolder config ACTION`: init and path work even when the current file is broken."""
+    if action == "init":
+        return init(config_file, root=root, force=force)
+    if action == "path":
+        return show_path(config_file)
+    config = load_config(config_file, root=root)
+    return show(config, config_file=config_file, root_flag=root, as_json=as_json)
+

@@ -1,0 +1,353 @@
+"""The model table on this machine: what each name needs, what is on disk, and `pull` to fetch it.
+
+The daemon never downloads; this is the one place that does. Presence is read
+from the Hugging Face cache folder itself (no network, no huggingface_hub
+import), so `models list` and `doctor` are instant and work offline. `pull`
+checks free disk before it starts and then lets `snapshot_download` do the rest:
+its progress bars, and resuming what an earlier, interrupted pull left.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hotfolder.cache import hub_cache_dir
+from hotfolder.config import Config, ModelInfo
+from hotfolder.errors import HotfolderError, UsageError
+
+GB = 1000**3
+DISK_MARGIN_BYTES = 2 * GB  # room left over after a pull: the cache, the results and the OS need some
+# Weights in other formats than safetensors: never what the backends load.
+IGNORE_PATTERNS = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", "*.pt", "*.pth", "*.gguf"]
+
+Downloader = Callable[..., str]  # huggingface_hub.snapshot_download's signature
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """One Hugging Face repository in the local cache."""
+
+    repo: str
+    revision: str | None
+    bytes: int  # on disk, partial downloads included
+    snapshot: Path | None
+    problem: str | None  # why it is not complete; None when it is
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model as this machine has it, for one backend."""
+
+    model: ModelInfo
+    backend: str
+    repos: tuple[RepoState, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.repos)
+
+    @property
+    def present(self) -> bool:
+        if self.model.tiny:
+            return True
+        if self.model.local_path:
+            return Path(self.model.local_path).expanduser().is_dir()
+        return bool(self.repos) and all(r.complete for r in self.repos)
+
+    @property
+    def status(self) -> str:
+        if self.model.tiny:
+            return "built in"
+        if self.model.local_path:
+            return "local folder" if self.present else "folder missing"
+        if not self.repos:
+            return f"none for {self.backend}"
+        if self.present:
+            return "present"
+        return "partial" if self.bytes else "missing"
+
+    @property
+    def problem(self) -> str | None:
+        return next((f"{r.repo}: {r.problem}" for r in self.repos if r.problem), None)
+
+
+def repos_for(model: ModelInfo, backend: str) -> list[tuple[str, str | None]]:
+    """(repo, revision) pairs the backend loads for this model; the revision pins the main repo only."""
+    if model.tiny or model.local_path:
+        return []
+    if backend == "mlx":
+        pairs = [(model.mlx_repo, model.revision), (model.mlx_text_encoder_repo, None)]
+    else:
+        pairs = [(model.diffusers_repo, model.revision)]
+    return [(r, rev) for r, rev in pairs if r]
+
+
+def backend_for(model: ModelInfo, config: Config, requested: str = "auto") -> str:
+    """The backend whose weights this machine wants for `model`.
+
+    Not `backends.resolve`: that one falls back to Diffusers on a Mac while the MLX
+    weights are missing, which would make `pull` fetch the wrong weights.
+    """
+    from hotfolder import backends
+
+    if requested == "auto":
+        requested = config.backend
+    if requested != "auto":
+        return requested
+    if model.mlx_repo and not model.diffusers_repo:
+        return "mlx"
+    if model.mlx_repo and backends.is_apple_silicon() and backends.mlx_status()[0]:
+        return "mlx"
+    return "diffusers"
+
+
+# -- the cache, read offline -------------------------------------------------------
+def repo_folder(cache: Path, repo: str) -> Path:
+    return cache / ("models--" + repo.replace("/", "--"))
+
+
+def _snapshot(folder: Path, revision: str | None) -> Path | None:
+    rev = revision or "main"
+    ref = folder / "refs" / rev
+    commit = rev
+    if ref.is_file():
+        commit = ref.read_text(encoding="utf-8").strip()
+    snap = folder / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+def _blob_bytes(folder: Path) -> tuple[int, bool]:
+    """(bytes of blobs, whether a download was interrupted: an `.incomplete` blob)."""
+    total, partial = 0, False
+    try:
+        entries = list(os.scandir(folder / "blobs"))
+    except FileNotFoundError:
+        return 0, False
+    for e in entries:
+        try:
+            total += e.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+        partial = partial or e.name.endswith(".incomplete")
+    return total, partial
+
+
+def snapshot_problem(snap: Path) -> str | None:
+    """Why a snapshot folder is not a complete download (None when it is).
+
+    Checks what an interrupted pull leaves: links to blobs that never arrived,
+    shards named by a `*.safetensors.index.json` that are absent, and Diffusers
+    components named by model_index.json without a folder.
+    """
+    files = [p for p in snap.rglob("*") if not p.is_dir()]
+    if not files:
+        return "the snapshot is empty"
+    broken = [p for p in files if not p.exists()]
+    if broken:
+        return f"{len(broken)} files not downloaded (e.g. {broken[0].relative_to(snap)})"
+    for index in snap.rglob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            return f"{index.relative_to(snap)} is unreadable"
+        missing = sorted(s for s in shards if not (index.parent / s).is_file())
+        if missing:
+            return f"{len(missing)} of {len(shards)} shards missing beside {index.relative_to(snap)}"
+    model_index = snap / "model_index.json"
+    if model_index.is_file():
+        try:
+            components = _components(json.loads(model_index.read_text(encoding="utf-8")))
+        except ValueError:
+            return "model_index.json is unreadable"
+        missing = [c for c in components if not (snap / c).is_dir()]
+        if missing:
+            return f"components not downloaded: {', '.join(missing)}"
+    return None
+
+
+def _components(index: dict[str, Any]) -> list[str]:
+    """The component folders a Diffusers model_index.json names ("vae": ["diffusers", "AutoencoderKL"])."""
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+
+
+def repo_state(cache: Path, repo: str, revision: str | None) -> RepoState:
+    folder = repo_folder(cache, repo)
+    size, partial = _blob_bytes(folder)
+    snap = _snapshot(folder, revision)
+    if not folder.is_dir():
+        problem = "not downloaded"
+    elif snap is None:
+        problem = "no snapshot for revision " + (revision or "main")
+    elif partial:
+        problem = "a download was interrupted"
+    else:
+        problem = snapshot_problem(snap)
+    return RepoState(repo, revision, size, snap, problem)
+
+
+def model_state(model: ModelInfo, backend: str, cache: Path | None = None) -> ModelState:
+    cache = cache or hub_cache_dir()
+    return ModelState(model, backend, tuple(repo_state(cache, r, rev) for r, rev in repos_for(model, backend)))
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds `path` (or would: its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+# -- list --------------------------------------------------------------------------
+def table(config: Config, *, cache: Path | None = None, backend: str = "auto") -> list[dict[str, str]]:
+    rows = []
+    for name, model in config.models.items():
+        b = backend_for(model, config, backend)
+        st = model_state(model, b, cache)
+        repos = " + ".join(r for r, _ in repos_for(model, b)) or ("built in code" if model.tiny else "-")
+        rows.append({
+            "name": name,
+            "backend": b,
+            "repos": repos,
+            "size": "-" if model.tiny or not model.size_gb else f"{model.size_gb:.1f} GB",
+            "on disk": gb(st.bytes) if st.bytes else "-",
+            "status": st.status + ("" if model.has_audio else " (video only)"),
+        })
+    return rows
+
+
+def list_models(config: Config, *, cache: Path | None = None, backend: str = "auto") -> int:
+    rows = table(config, cache=cache, backend=backend)
+    cols = ["name", "backend", "repos", "size", "on disk", "status"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    print(f"\nHugging Face cache: {cache or hub_cache_dir()}. Download: hotfolder models pull NAME")
+    return 0
+
+
+# -- pull ----------------------------------------------------------------------------
+def _snapshot_download(**kwargs: Any) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(**kwargs)
+
+
+def find_model(config: Config, name: str) -> ModelInfo:
+    model = config.model_info(name)
+    if model is None:
+        close = difflib.get_close_matches(name, list(config.models), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"model {name!r} is not in the model table ({', '.join(config.models)}).{hint}")
+    return model
+
+
+def check_disk(model: ModelInfo, state: ModelState, free: int, where: Path) -> None:
+    """Refuse, before any download starts, when the disk cannot hold what is still missing."""
+    if not model.size_gb:
+        return
+    need = max(0, int(model.size_gb * GB) - state.bytes)
+    if free < need + DISK_MARGIN_BYTES:
+        have = f" ({gb(state.bytes)} already downloaded)" if state.bytes else ""
+        raise UsageError(
+            f"not enough disk space for model {model.name}: it needs about {model.size_gb:.1f} GB{have}, "
+            f"so {gb(need)} more plus {gb(DISK_MARGIN_BYTES)} to spare, but {where} has {gb(free)} free. "
+            "Free up space, or put the Hugging Face cache on a larger disk (set HF_HOME, then run "
+            "`hotfolder agent install` again so the daemon looks there too), and run this again."
+        )
+
+
+def pull(config: Config, name: str, *, backend: str = "auto", cache: Path | None = None,
+         downloader: Downloader | None = None, disk_free: Callable[[Path], int] | None = None,
+         env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> int:
+    """Download a model's weights into the Hugging Face cache, resuming what is there."""
+    downloader = downloader or _snapshot_download
+    disk_free = disk_free or free_bytes
+    model = find_model(config, name)
+    if model.tiny:
+        say(f"{model.label}: built in code, nothing to download.")
+        return 0
+    if model.local_path:
+        say(f"{model.name} is a local folder of weights: nothing to download.")
+        return 0
+    b = backend_for(model, config, backend)
+    repos = repos_for(model, b)
+    if not repos:
+        raise UsageError(f"model {model.name} has no weights for the {b} backend. "
+                         f"Pick another backend with --backend, or another model (hotfolder models list).")
+    cache = cache or hub_cache_dir()
+    env = dict(os.environ) if env is None else env
+    if env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UsageError("HF_HUB_OFFLINE is set in this shell, so nothing can be downloaded. "
+                         "Unset it for this command: HF_HUB_OFFLINE= hotfolder models pull " + name)
+    state = model_state(model, b, cache)
+    check_disk(model, state, disk_free(cache), cache)
+    say(f"pulling {model.name} for the {b} backend into {cache}"
+        + (f" (resuming: {gb(state.bytes)} already here)" if state.bytes else ""))
+    for repo, revision in repos:
+        say(f"- {repo}" + (f" @ {revision}" if revision else ""))
+        _pull_repo(repo, revision, cache, downloader)
+    after = model_state(model, b, cache)
+    if not after.present:
+        raise HotfolderError(f"model {model.name} is still incomplete after the download: {after.problem}. "
+                             f"Run `hotfolder models pull {name}` again to resume.")
+    say(f"{model.name} is ready ({gb(after.bytes)} on disk).")
+    return 0
+
+
+def _pull_repo(repo: str, revision: str | None, cache: Path, downloader: Downloader) -> None:
+    common = {"repo_id": repo, "revision": revision, "cache_dir": str(cache)}
+    try:
+        first = Path(downloader(**common, allow_patterns=["model_index.json", "*.json", "*.md"]))
+        allow: Sequence[str] | None = None
+        if (first / "model_index.json").is_file():
+            # A Diffusers pipeline repo also holds other checkpoints: take only what the pipeline loads.
+            index = json.loads((first / "model_index.json").read_text(encoding="utf-8"))
+            allow = ["model_index.json", *(f"{c}/*" for c in _components(index))]
+            if str(index.get("_class_name", "")).startswith("LTX2"):
+                # Production mode's x2 latent upsampler is not a pipeline component, but the backend loads it.
+                from hotfolder.backends.diffusers_ltx import UPSAMPLER_SUBFOLDER
+
+                allow.append(f"{UPSAMPLER_SUBFOLDER}/*")
+        downloader(**common, allow_patterns=allow, ignore_patterns=IGNORE_PATTERNS)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise HotfolderError(_download_error(repo, e)) from e
+
+
+def _download_error(repo: str, e: Exception) -> str:
+    kind = type(e).__name__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else kind
+    if kind in ("GatedRepoError",) or " 401 " in f" {text} " or " 403 " in f" {text} ":
+        return (f"{repo} needs you to accept its license: open https://huggingface.co/{repo}, accept it, "
+                f"then log in here with `hf auth login` (or set HF_TOKEN) and run this again. ({kind}: {text})")
+    if kind == "RepositoryNotFoundError":
+        return f"{repo} does not exist on the Hugging Face Hub (or is private): check the model table. ({text})"
+    return (f"downloading {repo} stopped: {kind}: {text}. What was downloaded is kept: run the same command "
+            "again to resume.")
+
+
+def command(config: Config, action: str, name: str | None, *, backend: str = "auto") -> int:
+    """`hotfolder models list|pull NAME`."""
+    if action == "list":
+        return list_models(config, backend=backend)
+    if not name:
+        raise UsageError("models pull needs a model name, e.g. `hotfolder models pull ltx-2` "
+                         "(see `hotfolder models list`).")
+    return pull(config, name, backend=backend)

@@ -1,0 +1,530 @@
+"""The login agent: the LaunchAgent plist and the systemd unit as files, and the exact launchctl/systemctl calls.
+
+launchctl and systemctl are replaced by fakes that keep the service manager's state
+(loaded or not, bootout finishing late as launchd's does), so install, uninstall and
+their idempotence are checked as command lists on any OS. What only a Mac can show
+(launchd really starting the job, privacy prompts) is listed in docs/mac.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from conftest import Root, wait_until
+from hotfolder import agent
+from hotfolder.agent import EXIT_TIMEOUT_S, LABEL, Completed, Host
+from hotfolder.cli import main
+from hotfolder.config import Config
+from hotfolder.daemon import STOP_GRACE_S
+from hotfolder.errors import HotfolderError, UsageError
+
+UID = 501
+PYTHON = Path(os.path.abspath(sys.executable))
+
+
+class FakeClock:
+    """Time that moves only when the code under test sleeps: deadlines without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+class FakeLaunchd:
+    """launchctl with the state that matters: which job is loaded, and a bootout that finishes late."""
+
+    def __init__(self, root: Path | None = None, *, linger: int = 2, daemon_writes_status: bool = True):
+        self.calls: list[list[str]] = []
+        self.loaded = False
+        self.linger = linger  # `print` still finds the job this many times after bootout
+        self._leaving = 0
+        self.root = root
+        self.daemon_writes_status = daemon_writes_status
+        self.pid = 4242
+
+    def __call__(self, argv: Sequence[str]) -> Completed:
+        argv = list(argv)
+        self.calls.append(argv)
+        if argv[0] == agent.PBS:
+            return Completed(0)
+        assert argv[0] == "launchctl", argv
+        verb = argv[1]
+        if verb == "print":
+            assert argv[2] == f"gui/{UID}/{LABEL}"
+            if self._leaving:
+                self._leaving -= 1
+                if self._leaving == 0:
+                    self.loaded = False
+                return Completed(0, self._print_text("running"))
+            if not self.loaded:
+                return Completed(113, "", f"Could not find service \"{LABEL}\" in domain for port\n")
+            return Completed(0, self._print_text("running"))
+        if verb == "bootstrap":
+            assert argv[2] == f"gui/{UID}"
+            if self.loaded:
+                return Completed(5, "", "Bootstrap failed: 5: Input/output error\n")
+            plistlib.loads(Path(argv[3]).read_bytes())  # launchd reads the file: it must parse
+            self.loaded = True
+            self.pid += 1
+            if self.daemon_writes_status and self.root is not None:
+                _write_status(self.root, self.pid)
+            return Completed(0)
+        if verb == "bootout":
+            if not self.loaded:
+                return Completed(3, "", "Boot-out failed: 3: No such process\n")
+            self._leaving = self.linger
+            if self.linger == 0:
+                self.loaded = False
+            return Completed(0)
+        if verb in ("enable", "kickstart"):
+            return Completed(0)
+        raise AssertionError(f"unexpected launchctl call {argv}")
+
+    def _print_text(self, state: str) -> str:
+        return (f"gui/{UID}/{LABEL} = {{\n\tactive count = 1\n\tpath = /x/{LABEL}.plist\n\ttype = LaunchAgent\n"
+                f"\tstate = {state}\n\n\tprogram = {PYTHON}\n\targuments = {{\n\t\t{PYTHON}\n\t\t-m\n\t}}\n\n"
+                f"\tpid = {self.pid}\n\tlast exit code = (never exited)\n\tproperties = keepalive | runatload\n}}\n")
+
+    def verbs(self) -> list[list[str]]:
+        """The calls that change something (not the `print` polls)."""
+        return [c for c in self.calls if c[:2] != ["launchctl", "print"]]
+
+
+def _write_status(root: Path, pid: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "status.json").write_text(json.dumps(
+        {"daemon": {"state": "running", "pid": pid, "heartbeat_unix": time.time()}}))
+
+
+def _mac(tmp_path: Path, runner, **kw) -> Host:
+    clock = FakeClock()
+    return Host(home=tmp_path / "home", uid=UID, platform="darwin", python=PYTHON, run=runner,
+                env={"HF_HOME": str(tmp_path / "hf")}, clock=clock, sleep=clock.sleep, **kw)
+
+
+def _config(tmp_path: Path, root: Path | None = None) -> Config:
+    return Config(root=root or tmp_path / "home" / "Movies" / "Hotfolder", cache_dir=tmp_path / "cache",
+                  log_dir=tmp_path / "logs", state_dir=tmp_path / "state")
+
+
+# -- the plist -------------------------------------------------------------------------
+def test_the_plist_parses_and_carries_every_key_with_the_right_type(tmp_path: Path) -> None:
+    host = _mac(tmp_path, FakeLaunchd())
+    root = tmp_path / 'home' / 'Movies' / 'My "Videos" & <Co>'  # XML-special characters must survive
+    data = plistlib.loads(agent.render_plist(_config(tmp_path, root), host))
+
+    assert data["Label"] == LABEL
+    assert data["ProgramArguments"] == [str(PYTHON), "-m", "hotfolder", "run", "--root", str(root)]
+    assert Path(data["ProgramArguments"][0]).is_absolute() and os.access(data["ProgramArguments"][0], os.X_OK)
+    assert data["RunAtLoad"] is True
+    assert data["KeepAlive"] == {"SuccessfulExit": False}
+    assert data["ProcessType"] == "Interactive"
+    assert type(data["ThrottleInterval"]) is int and data["ThrottleInterval"] >= 10
+    # launchd SIGKILLs ExitTimeOut seconds after SIGTERM: it must outlast the daemon's graceful stop.
+    assert type(data["ExitTimeOut"]) is int and data["ExitTimeOut"] == EXIT_TIMEOUT_S > STOP_GRACE_S + 2
+    env = data["EnvironmentVariables"]
+    assert all(isinstance(v, str) for v in env.values())
+    assert env["PATH"].split(":")[:1] == [str(PYTHON.parent)]
+    for d in ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"):
+        assert d in env["PATH"].split(":")
+    assert env["HF_HOME"] == str(tmp_path / "hf")
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert data["WorkingDirectory"] == str(root)
+    logs = tmp_path / "home" / "Library" / "Logs" / "hotfolder"
+    assert Path(data["StandardOutPath"]).parent == logs and Path(data["StandardErrorPath"]).parent == logs
+    assert data["StandardOutPath"] != data["StandardErrorPath"]
+
+
+def test_the_plist_passes_an_explicit_config_file_by_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    host = _mac(tmp_path, FakeLaunchd())
+    data = plistlib.loads(agent.render_plist(_config(tmp_path), host, config_file=Path("my.toml")))
+    assert data["ProgramArguments"][-2:] == ["--config", str(tmp_path / "my.toml")]
+
+
+def test_hf_home_defaults_to_huggingface_hubs_own_default(tmp_path: Path) -> None:
+    host = Host(home=tmp_path, uid=UID, platform="darwin", python=PYTHON, env={})
+    data = plistlib.loads(agent.render_plist(_config(tmp_path), host))
+    assert data["EnvironmentVariables"]["HF_HOME"] == str(tmp_path / ".cache" / "huggingface")
+
+
+def test_the_templates_are_valid_plists_with_placeholders_only_where_filled() -> None:
+    template = plistlib.loads((agent.TEMPLATES / f"{LABEL}.plist").read_bytes())
+    assert template["ProgramArguments"][0] == "@PYTHON@"
+    for name in ("Info.plist", "document.wflow"):
+        plistlib.loads((agent.TEMPLATES / "quick-action" / name).read_bytes())
+
+
+def test_a_shim_script_is_refused_as_the_interpreter(tmp_path: Path) -> None:
+    shim = tmp_path / "python"
+    shim.write_text('#!/usr/bin/env bash\nexec pyenv exec python "$@"\n')
+    with pytest.raises(UsageError, match="shim"):
+        agent.interpreter(str(shim))
+    assert agent.interpreter(sys.executable) == PYTHON  # a venv's python is kept as is, not resolved
+
+
+# -- launchctl ----------------------------------------------------------------------------
+def test_install_bootstraps_with_the_exact_launchctl_calls(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root)
+    host = _mac(tmp_path, launchd)
+    lines: list[str] = []
+
+    assert agent.install(config, host, say=lines.append) == 0
+
+    plist = tmp_path / "home" / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    assert launchd.verbs() == [
+        ["launchctl", "enable", f"gui/{UID}/{LABEL}"],
+        ["launchctl", "bootstrap", f"gui/{UID}", str(plist)],
+    ]
+    assert plistlib.loads(plist.read_bytes())["Label"] == LABEL
+    assert (tmp_path / "home" / "Library" / "Logs" / "hotfolder").is_dir()
+    assert (config.inbox / "tiktok").is_dir()  # the folders are there for Finder before the first job
+    assert any("running" in line and str(launchd.pid) in line for line in lines), lines
+
+
+def test_install_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root)
+    host = _mac(tmp_path, launchd)
+    agent.install(config, host, say=lambda _: None)
+    before = host.plist_path.read_bytes(), host.plist_path.stat().st_mtime_ns, launchd.pid
+    launchd.calls.clear()
+    lines: list[str] = []
+
+    assert agent.install(config, host, say=lines.append) == 0
+
+    assert launchd.verbs() == []  # no bootout, no bootstrap: the running daemon (and its job) is left alone
+    assert (host.plist_path.read_bytes(), host.plist_path.stat().st_mtime_ns, launchd.pid) == before
+    assert any("already installed and running" in line for line in lines)
+
+
+def test_a_changed_agent_is_booted_out_and_bootstrapped_only_once_launchd_has_let_go(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root, linger=3)
+    host = _mac(tmp_path, launchd)
+    agent.install(config, host, say=lambda _: None)
+    launchd.calls.clear()
+
+    agent.install(config, host, config_file=tmp_path / "other.toml", say=lambda _: None)
+
+    service = f"gui/{UID}/{LABEL}"
+    calls = launchd.calls
+    out = calls.index(["launchctl", "bootout", service])
+    boot = calls.index(["launchctl", "bootstrap", f"gui/{UID}", str(host.plist_path)])
+    polls = calls[out + 1:boot]
+    # launchd still listed it 3 times after bootout; the 4th `print` found it gone, and only then bootstrap.
+    assert polls == [["launchctl", "print", service]] * 4 + [["launchctl", "enable", service]]
+    assert "--config" in plistlib.loads(host.plist_path.read_bytes())["ProgramArguments"]
+
+
+def test_bootout_gives_up_at_a_deadline_with_a_clear_message(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root, linger=10**9)
+    host = _mac(tmp_path, launchd)
+    agent.install(config, host, say=lambda _: None)
+    with pytest.raises(HotfolderError, match=r"still lists gui/501/com\.hotfolder\.daemon"):
+        agent.uninstall(host, say=lambda _: None)
+    assert host.clock() - 1000.0 >= EXIT_TIMEOUT_S  # it waited (in fake time) at least the exit timeout
+
+
+def test_uninstall_boots_out_removes_the_plist_and_leaves_the_folders_and_logs(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root)
+    host = _mac(tmp_path, launchd)
+    agent.install(config, host, say=lambda _: None)
+    (config.outbox / "20260101-000000_fox").mkdir()
+    (host.mac_log_dir / "daemon.err.log").write_text("a line\n")
+    launchd.calls.clear()
+
+    agent.uninstall(host, say=lambda _: None)
+
+    assert launchd.verbs() == [["launchctl", "bootout", f"gui/{UID}/{LABEL}"]]
+    assert not launchd.loaded and not host.plist_path.exists()
+    assert (config.outbox / "20260101-000000_fox").is_dir() and (config.inbox / "tiktok").is_dir()
+    assert (host.mac_log_dir / "daemon.err.log").read_text() == "a line\n"
+
+    launchd.calls.clear()
+    lines: list[str] = []
+    agent.uninstall(host, say=lines.append)  # again: nothing to do, no error
+    assert launchd.verbs() == [] and lines == ["no agent installed; nothing to do"]
+
+
+def test_restart_is_kickstart_k(tmp_path: Path) -> None:
+    launchd = FakeLaunchd()
+    agent.restart(_mac(tmp_path, launchd))
+    assert launchd.calls == [["launchctl", "kickstart", "-k", f"gui/{UID}/{LABEL}"]]
+
+
+def test_status_reads_launchctl_print(tmp_path: Path) -> None:
+    launchd = FakeLaunchd()
+    host = _mac(tmp_path, launchd)
+    assert not agent.status(host).loaded
+    launchd.loaded = True
+    st = agent.status(host)
+    assert (st.loaded, st.running, st.pid, st.last_exit) == (True, True, 4242, "(never exited)")
+
+
+def test_install_says_so_when_the_daemon_never_comes_up(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    host = _mac(tmp_path, FakeLaunchd(config.root, daemon_writes_status=False))
+    lines: list[str] = []
+    assert agent.install(config, host, say=lines.append) == 1
+    warning = next(line for line in lines if line.startswith("warning"))
+    assert "daemon.err.log" in warning and "Full Disk Access" in warning and str(os.path.realpath(PYTHON)) in warning
+
+
+# -- macOS privacy ---------------------------------------------------------------------------
+@pytest.mark.parametrize("place", ["Desktop", "Documents", "Downloads", "Library/Mobile Documents/com~apple~CloudDocs",
+                                   "Library/CloudStorage/Dropbox"])
+def test_a_protected_root_is_refused_until_full_disk_access_is_confirmed(tmp_path: Path, place: str) -> None:
+    config = _config(tmp_path, tmp_path / "home" / place / "Hotfolder")
+    launchd = FakeLaunchd(config.root)
+    host = _mac(tmp_path, launchd)
+    with pytest.raises(UsageError) as e:
+        agent.install(config, host, say=lambda _: None)
+    message = str(e.value)
+    assert str(os.path.realpath(PYTHON)) in message  # the exact binary to grant
+    assert "Full Disk Access" in message and "--i-granted-full-disk-access" in message
+    assert launchd.calls == [] and not host.plist_path.exists()
+
+    assert agent.install(config, host, fda_confirmed=True, say=lambda _: None) == 0
+    assert launchd.loaded
+
+
+def test_a_protected_root_through_a_symlink_is_still_refused(tmp_path: Path) -> None:
+    docs = tmp_path / "home" / "Documents" / "Hotfolder"
+    docs.mkdir(parents=True)
+    link = tmp_path / "home" / "Movies"
+    link.mkdir(parents=True)
+    os.symlink(docs, link / "Hotfolder")
+    assert agent.protected_location(link / "Hotfolder", tmp_path / "home") == "your Documents folder"
+    assert agent.protected_location(tmp_path / "home" / "Movies" / "Other", tmp_path / "home") is None
+
+
+def test_linux_has_no_privacy_refusal(tmp_path: Path) -> None:
+    config = _config(tmp_path, tmp_path / "home" / "Documents" / "Hotfolder")
+    host = _linux(tmp_path, FakeSystemd(config.root))
+    assert agent.install(config, host, say=lambda _: None) == 0
+
+
+# -- the Finder Quick Action ----------------------------------------------------------------------
+def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_files(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    launchd = FakeLaunchd(config.root)
+    host = _mac(tmp_path, launchd)
+    agent.install(config, host, quick_action=True, say=lambda _: None)
+
+    bundle = tmp_path / "home" / "Library" / "Services" / "Make video with hotfolder.workflow"
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
+        "Contents/Info.plist", "Contents/document.wflow"]
+    info = plistlib.loads((bundle / "Contents" / "Info.plist").read_bytes())
+    [service] = info["NSServices"]
+    assert service["NSMessage"] == "runWorkflowAsService"
+    assert service["NSMenuItem"]["default"] == "Make video with hotfolder"
+    assert service["NSRequiredContext"]["NSApplicationIdentifier"] == "com.apple.finder"
+    assert service["NSSendFileTypes"] == ["public.item"]
+    wflow = plistlib.loads((bundle / "Contents" / "document.wflow").read_bytes())
+    assert wflow["workflowMetaData"]["workflowTypeIdentifier"] == "com.apple.Automator.servicesMenu"
+    assert wflow["workflowMetaData"]["serviceInputTypeIdentifier"] == "com.apple.Automator.fileSystemObject"
+    [action] = wflow["actions"]
+    params = action["action"]["ActionParameters"]
+    assert action["action"]["BundleIdentifier"] == "com.apple.RunShellScript"
+    assert params["inputMethod"] == 1  # the selection arrives as arguments: "$@"
+    assert params["shell"] == "/bin/zsh"
+    assert params["COMMAND_STRING"].rstrip().endswith(f'submit --root {config.root} "$@"')
+    assert [agent.PBS, "-flush"] in launchd.calls
+
+    # The script itself, run by a POSIX shell with awkward file names as "$@": each becomes a job.
+    prompts = tmp_path / "picked"
+    prompts.mkdir()
+    names = ["fox in snow.txt", "it's $HOME; `rm -rf x`.txt"]
+    for name in names:
+        (prompts / name).write_text("A red fox in fresh snow, slow motion\n")
+    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", *(str(prompts / n) for n in names)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path / "home")})
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in config.inbox.iterdir() if p.is_file()) == sorted(names)
+    assert (prompts / names[0]).exists()  # submit copies: the person's file stays where it was
+
+
+def test_uninstall_removes_our_quick_action_but_not_someone_elses(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    host = _mac(tmp_path, FakeLaunchd(config.root))
+    agent.install(config, host, quick_action=True, say=lambda _: None)
+    agent.uninstall(host, say=lambda _: None)
+    assert not host.quick_action_path.exists()
+
+    (host.quick_action_path / "Contents").mkdir(parents=True)
+    (host.quick_action_path / "Contents" / "Info.plist").write_bytes(plistlib.dumps({"CFBundleIdentifier": "me.mine"}))
+    agent.uninstall(host, say=lambda _: None)
+    assert host.quick_action_path.exists()
+
+
+def test_the_cli_refuses_a_quick_action_off_macos(root: Root) -> None:
+    if sys.platform == "darwin":
+        pytest.skip("on macOS the Quick Action is real")
+    run = root.cli("agent", "install", "--quick-action")
+    assert run.returncode == 2 and "only on macOS" in run.stderr
+
+
+# -- systemd ------------------------------------------------------------------------------------
+class FakeSystemd:
+    def __init__(self, root: Path | None = None):
+        self.calls: list[list[str]] = []
+        self.active = False
+        self.pid = 7000
+        self.root = root
+
+    def __call__(self, argv: Sequence[str]) -> Completed:
+        argv = list(argv)
+        self.calls.append(argv)
+        assert argv[:2] == ["systemctl", "--user"], argv
+        verb = argv[2]
+        if verb == "show":
+            state = "active" if self.active else "inactive"
+            return Completed(0, f"LoadState=loaded\nActiveState={state}\nSubState=running\n"
+                                f"MainPID={self.pid if self.active else 0}\nExecMainStatus=0\n")
+        if verb in ("enable", "restart"):
+            self.active = True
+            self.pid += 1
+            if self.root is not None:
+                _write_status(self.root, self.pid)
+        elif verb == "disable":
+            self.active = False
+        return Completed(0)
+
+    def verbs(self) -> list[list[str]]:
+        return [c for c in self.calls if c[2] != "show"]
+
+
+def _linux(tmp_path: Path, runner) -> Host:
+    clock = FakeClock()
+    return Host(home=tmp_path / "home", uid=1000, platform="linux", python=PYTHON, run=runner,
+                env={"HF_HOME": str(tmp_path / "hf")}, clock=clock, sleep=clock.sleep)
+
+
+def test_the_systemd_unit_has_the_agents_behaviour_and_quotes_awkward_paths(tmp_path: Path) -> None:
+    root = tmp_path / 'My 100% "real" $HOME'
+    unit = agent.render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()))
+    lines = unit.splitlines()
+    assert f'ExecStart="{PYTHON}" "-m" "hotfolder" "run" "--root" "{tmp_path}/My 100%% \\"real\\" $$HOME"' in lines
+    for line in ("Restart=on-failure", f"TimeoutStopSec={EXIT_TIMEOUT_S}", "KillSignal=SIGTERM", "KillMode=mixed",
+                 "WantedBy=default.target", "Type=exec"):
+        assert line in lines
+    env = next(line for line in lines if line.startswith("Environment="))
+    assert f'"HF_HOME={tmp_path}/hf"' in env and "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin" in env
+
+
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is not installed here (apt-get install systemd); only this check needs it")
+    root = tmp_path / "My Videos" / "Hot folder"
+    root.mkdir(parents=True)
+    unit = tmp_path / "hotfolder.service"
+    unit.write_text(agent.render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()),
+                                      config_file=tmp_path / "a config.toml"))
+    run = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # verify exits 0 even for some mistakes it only warns about: no line may name our unit.
+    problems = [line for line in (run.stdout + run.stderr).splitlines() if "hotfolder.service" in line]
+    assert run.returncode == 0 and problems == [], run.stdout + run.stderr
+
+
+def test_systemd_install_enables_once_and_is_idempotent_and_uninstall_disables(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    systemd = FakeSystemd(config.root)
+    host = _linux(tmp_path, systemd)
+    assert agent.install(config, host, say=lambda _: None) == 0
+    assert systemd.verbs() == [["systemctl", "--user", "daemon-reload"],
+                               ["systemctl", "--user", "enable", "--now", "hotfolder.service"]]
+    assert host.unit_path == tmp_path / "home" / ".config" / "systemd" / "user" / "hotfolder.service"
+
+    systemd.calls.clear()
+    agent.install(config, host, say=lambda _: None)
+    assert systemd.verbs() == []
+
+    agent.install(config, host, config_file=tmp_path / "c.toml", say=lambda _: None)  # changed: reload + restart
+    assert systemd.verbs() == [["systemctl", "--user", "daemon-reload"],
+                               ["systemctl", "--user", "enable", "--now", "hotfolder.service"],
+                               ["systemctl", "--user", "restart", "hotfolder.service"]]
+
+    systemd.calls.clear()
+    agent.uninstall(host, say=lambda _: None)
+    assert systemd.verbs() == [["systemctl", "--user", "disable", "--now", "hotfolder.service"],
+                               ["systemctl", "--user", "daemon-reload"]]
+    assert not host.unit_path.exists() and config.inbox.is_dir()
+
+
+# -- Shortcuts: the command `agent install` prints for a "Run Shell Script" action -------------------
+def test_the_shortcuts_command_reads_stdin_and_prints_the_mp4_path_last(root: Root) -> None:
+    daemon = root.start(fake=True)
+    try:
+        run = root.cli("submit", "-", "--wait", "--timeout", "60", input="A lighthouse in a storm\n", fake=True,
+                       timeout=90)
+        assert run.returncode == 0, run.stderr
+        mp4 = Path(run.stdout.strip().splitlines()[-1])
+        assert mp4.suffix == ".mp4" and mp4.is_file() and mp4.parent.parent == root.outbox
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)
+    wait_until(lambda: daemon.returncode is not None, what="the daemon to stop")
+
+
+# -- the examples ----------------------------------------------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_every_preset_example_is_a_valid_job_in_its_preset_folder(tmp_path: Path) -> None:
+    from hotfolder.spec import parse
+
+    config = _config(tmp_path)
+    found = 0
+    for folder in sorted(p for p in (EXAMPLES / "presets").iterdir() if p.is_dir()):
+        assert folder.name in config.presets, f"examples/presets/{folder.name} is not a preset"
+        for job in sorted(folder.glob("*.t[xo]*")):
+            specs = parse(job, config, preset=folder.name)
+            found += 1
+            assert specs and all(s.prompt for s in specs)
+    assert found >= 6
+
+
+def test_the_shortcuts_script_returns_the_mp4_path_and_fails_with_the_error(root: Root) -> None:
+    script = (EXAMPLES / "shortcuts" / "make-video.sh").read_text()
+    env = root.env(HOTFOLDER_PYTHON=sys.executable, HOTFOLDER_ROOT=str(root.path))
+    daemon = root.start(fake=True)
+    try:
+        ok = subprocess.run(["/bin/sh", "-c", script], input='A fox says "hi" for $5 `now`\n', capture_output=True,
+                            text=True, timeout=120, env=env)
+        assert ok.returncode == 0, ok.stderr
+        mp4 = Path(ok.stdout.strip())
+        assert mp4.suffix == ".mp4" and mp4.is_file()
+        assert root.metadata(mp4.parent)["prompt"] == 'A fox says "hi" for $5 `now`'  # exactly as typed
+        bad = subprocess.run(["/bin/sh", "-c", script], input="", capture_output=True, text=True, timeout=60, env=env)
+        assert bad.returncode == 2 and "nothing on standard input" in bad.stderr
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)
+
+
+def test_the_folder_action_script_submits_each_file_with_quoted_arguments() -> None:
+    script = (EXAMPLES / "folder-action" / "hotfolder-submit.applescript").read_text()
+    assert "on adding folder items to thisFolder after receiving addedItems" in script
+    command = script[script.index("do shell script"):script.index("tell application")]
+    for value in ("hotfolderPython", "hotfolderRoot", "itemPath"):
+        assert command.count(value) == 1 and f"(quoted form of {value})" in command, value

@@ -1,0 +1,183 @@
+"""`hotfolder doctor`: every check says ok, warn or fail with the fix, and the command exits 1 on a failure.
+
+The machine is replaced piece by piece through `Probes` (ffmpeg, weights, the root's
+permissions, the agent), so each failure is shown on any machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hotfolder import doctor
+from hotfolder.agent import AgentStatus
+from hotfolder.config import Config
+from hotfolder.doctor import FAIL, OK, WARN, Probes
+from hotfolder.models import GB, ModelState, RepoState
+
+
+def _present(model, backend) -> ModelState:
+    return ModelState(model, backend, (RepoState("r/x", None, int(model.size_gb * GB), Path("/snap"), None),))
+
+
+def _missing(model, backend) -> ModelState:
+    return ModelState(model, backend, (RepoState("r/x", None, 0, None, "not downloaded"),))
+
+
+def _running(config: Config) -> AgentStatus:
+    return AgentStatus("launchd", Path("/x.plist"), True, True, True, pid=os.getpid())
+
+
+def _probes(tmp_path: Path, **kw) -> Probes:
+    base = dict(
+        platform="linux",
+        version=lambda d: "1.0",
+        ffmpeg=lambda: "/bin/sh",  # any executable file
+        device=lambda backend: (OK, "cuda", "CUDA GPU test"),
+        model_state=_present,
+        disk_free=lambda p: 500 * GB,
+        hub_cache=tmp_path / "hub",
+        agent=_running,
+        home=tmp_path / "home",
+    )
+    base.update(kw)
+    return Probes(**base)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "status.json").write_text(json.dumps(
+        {"daemon": {"state": "running", "pid": os.getpid(), "heartbeat_unix": time.time()}}))
+    return Config(root=root, cache_dir=tmp_path / "cache")
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_a_healthy_machine_is_all_ok_and_exits_0(config: Config, tmp_path: Path, capsys) -> None:
+    checks = doctor.run_checks(config, _probes(tmp_path))
+    assert [c for c in checks if c.status != OK] == []
+    assert doctor.run_doctor(config, _probes(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "ffmpeg" in out and "weights ltx-2" in out
+
+
+def test_a_missing_ffmpeg_fails_with_the_fix(config: Config, tmp_path: Path, capsys) -> None:
+    def no_ffmpeg() -> str:
+        raise RuntimeError("No ffmpeg exe could be found.")
+
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, ffmpeg=no_ffmpeg)))["ffmpeg"]
+    assert c.status == FAIL and "No ffmpeg exe" in c.detail and "imageio-ffmpeg" in c.fix
+    assert doctor.run_doctor(config, _probes(tmp_path, ffmpeg=no_ffmpeg)) == 1
+    out = capsys.readouterr().out
+    assert "fail  ffmpeg" in out and "fix: " in out
+
+
+def test_an_ffmpeg_path_that_is_not_executable_fails(config: Config, tmp_path: Path) -> None:
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, ffmpeg=lambda: str(tmp_path / "nope"))))["ffmpeg"]
+    assert c.status == FAIL
+
+
+def test_missing_weights_fail_for_the_default_model_only(config: Config, tmp_path: Path) -> None:
+    checks = _by_name(doctor.run_checks(config, _probes(tmp_path, model_state=_missing)))
+    default = checks["weights ltx-2"]
+    assert default.status == FAIL and default.fix == "hotfolder models pull ltx-2"
+    assert checks["weights ltx-video"].status == OK and "not downloaded" in checks["weights ltx-video"].detail
+    assert "weights tiny" not in checks  # built in code: nothing to check
+
+
+def test_partial_weights_say_pull_resumes(config: Config, tmp_path: Path) -> None:
+    def partial(model, backend):
+        return ModelState(model, backend, (RepoState("r/x", None, 5 * GB, Path("/s"), "1 of 4 shards missing"),))
+
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, model_state=partial)))["weights ltx-2"]
+    assert c.status == FAIL and "1 of 4 shards missing" in c.detail and "resumes" in c.fix
+
+
+def test_not_enough_disk_for_the_missing_default_model_fails(config: Config, tmp_path: Path) -> None:
+    checks = _by_name(doctor.run_checks(config, _probes(tmp_path, model_state=_missing, disk_free=lambda p: 10 * GB)))
+    assert checks["disk (weights)"].status == FAIL and "HF_HOME" in checks["disk (weights)"].fix
+    assert checks["disk (cache)"].status == WARN  # 20 GiB cache cap > 10 GB free
+
+
+def test_an_unwritable_root_fails_with_the_macos_privacy_hint(config: Config, tmp_path: Path) -> None:
+    def denied(root: Path) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(root))
+
+    linux = _by_name(doctor.run_checks(config, _probes(tmp_path, access=denied)))["root"]
+    assert linux.status == FAIL and "Operation not permitted" in linux.detail and "Full Disk Access" not in linux.fix
+
+    mac = _by_name(doctor.run_checks(config, _probes(tmp_path, access=denied, platform="darwin")))["root"]
+    assert mac.status == FAIL and "Full Disk Access" in mac.fix
+    assert str(os.path.realpath(doctor.Probes().python)) in mac.fix  # the exact binary to grant
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere: the real permission check needs a normal user")
+def test_a_really_unwritable_root_fails(config: Config, tmp_path: Path) -> None:
+    config.root.chmod(0o500)
+    try:
+        c = _by_name(doctor.run_checks(config, _probes(tmp_path, access=doctor._access)))["root"]
+    finally:
+        config.root.chmod(0o700)
+    assert c.status == FAIL
+
+
+def test_the_real_access_probe_leaves_nothing_behind(config: Config) -> None:
+    before = sorted(os.listdir(config.root))
+    doctor._access(config.root)
+    assert sorted(os.listdir(config.root)) == before
+
+
+def test_a_root_in_documents_on_macos_warns_even_when_this_terminal_can_read_it(tmp_path: Path) -> None:
+    root = tmp_path / "home" / "Documents" / "Hotfolder"
+    root.mkdir(parents=True)
+    c = _by_name(doctor.run_checks(Config(root=root), _probes(tmp_path, platform="darwin")))["root"]
+    assert c.status == WARN and "Documents" in c.detail and "Full Disk Access" in c.fix
+
+
+def test_the_agent_not_installed_warns_and_installed_but_stopped_fails(config: Config, tmp_path: Path) -> None:
+    absent = lambda c: AgentStatus("launchd", Path("/x.plist"), False, False, False)  # noqa: E731
+    (config.root / "status.json").unlink()
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=absent)))["agent"]
+    assert c.status == WARN and c.fix == "hotfolder agent install"
+
+    stopped = lambda c: AgentStatus("launchd", Path("/x.plist"), True, True, False, last_exit="1")  # noqa: E731
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=stopped)))["agent"]
+    assert c.status == FAIL
+
+
+def test_an_agent_that_runs_but_never_writes_status_fails_with_the_privacy_hint(config: Config, tmp_path: Path) -> None:
+    (config.root / "status.json").unlink()
+    running_elsewhere = lambda c: AgentStatus("launchd", Path("/x.plist"), True, True, True, pid=999999)  # noqa: E731
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=running_elsewhere)))["agent"]
+    assert c.status == FAIL and "Full Disk Access" in c.fix
+
+
+def test_a_missing_backend_package_fails(config: Config, tmp_path: Path) -> None:
+    version = lambda d: None if d == "diffusers" else "1.0"  # noqa: E731
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, version=version)))["backend"]
+    assert c.status == FAIL and "diffusers" in c.detail and "pip install" in c.fix
+
+
+def test_an_old_python_fails(config: Config, tmp_path: Path) -> None:
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, python_version=(3, 10, 12))))["python"]
+    assert c.status == FAIL
+
+
+def test_the_real_doctor_runs_on_this_machine(tmp_path: Path, capsys) -> None:
+    """No probe replaced: it must finish, offline, and report every check."""
+    from hotfolder.cli import main
+
+    code = main(["doctor", "--root", str(tmp_path / "root")])
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    for name in ("python", "packages", "backend", "ffmpeg", "root", "agent"):
+        assert f"  {name} " in f"  {out}" or f" {name} " in out

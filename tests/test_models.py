@@ -1,0 +1,243 @@
+"""`models list|pull`: presence read offline from a real Hugging Face cache layout; pull refuses before downloading.
+
+The network call itself cannot run in the test suite: the downloader is injected and
+builds the cache layout that huggingface_hub's snapshot_download would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hotfolder import models
+from hotfolder.cli import main
+from hotfolder.config import BUILTIN_MODELS, Config, ModelInfo
+from hotfolder.errors import HotfolderError, UsageError
+
+COMMIT = "a" * 40
+
+
+def _put(cache: Path, repo: str, files: dict[str, bytes], *, commit: str = COMMIT, link: bool = True) -> Path:
+    """Lay files out as the HF cache does: blobs by hash, a snapshot of links, refs/main."""
+    folder = models.repo_folder(cache, repo)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    for rel, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        target = snap / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if link:
+            os.symlink(os.path.relpath(blob, target.parent), target)
+    return snap
+
+
+DIFFUSERS_FILES = {
+    "model_index.json": json.dumps({"_class_name": "LTX2Pipeline", "transformer": ["diffusers", "X"],
+                                    "vae": ["diffusers", "Y"], "scheduler": ["diffusers", "Z"]}).encode(),
+    "transformer/config.json": b"{}",
+    "transformer/diffusion_pytorch_model.safetensors.index.json": json.dumps(
+        {"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                        "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}).encode(),
+    "transformer/diffusion_pytorch_model-00001-of-00002.safetensors": b"1" * 1000,
+    "transformer/diffusion_pytorch_model-00002-of-00002.safetensors": b"2" * 1000,
+    "vae/diffusion_pytorch_model.safetensors": b"3" * 500,
+    "scheduler/scheduler_config.json": b"{}",
+}
+
+
+def _config(tmp_path: Path, **models_: ModelInfo) -> Config:
+    return Config(root=tmp_path / "root", models={**BUILTIN_MODELS, **models_})
+
+
+def test_presence_is_read_from_the_cache_layout(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    model = BUILTIN_MODELS["ltx-2"]
+    assert models.model_state(model, "diffusers", cache).status == "missing"
+
+    _put(cache, "Lightricks/LTX-2", DIFFUSERS_FILES)
+    st = models.model_state(model, "diffusers", cache)
+    assert st.present and st.status == "present" and st.bytes >= 2500
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("shard", "1 of 2 shards missing"),
+    ("component", "components not downloaded: vae"),
+    ("incomplete", "interrupted"),
+    ("broken-link", "not downloaded"),
+])
+def test_an_interrupted_download_is_partial_not_present(tmp_path: Path, damage: str, says: str) -> None:
+    cache = tmp_path / "hub"
+    files = dict(DIFFUSERS_FILES)
+    if damage == "shard":
+        del files["transformer/diffusion_pytorch_model-00002-of-00002.safetensors"]
+    if damage == "component":
+        del files["vae/diffusion_pytorch_model.safetensors"]
+    snap = _put(cache, "Lightricks/LTX-2", files)
+    folder = models.repo_folder(cache, "Lightricks/LTX-2")
+    if damage == "incomplete":
+        (folder / "blobs" / "deadbeef.incomplete").write_bytes(b"x" * 10)
+    if damage == "broken-link":
+        os.unlink(snap / "vae" / "diffusion_pytorch_model.safetensors")
+        os.symlink("../../../blobs/missing", snap / "vae" / "diffusion_pytorch_model.safetensors")
+    st = models.model_state(BUILTIN_MODELS["ltx-2"], "diffusers", cache)
+    assert not st.present and st.status == "partial"
+    assert says in st.problem
+
+
+def test_mlx_needs_the_model_and_its_text_encoder(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    model = BUILTIN_MODELS["ltx-2.3-q4"]
+    assert [r for r, _ in models.repos_for(model, "mlx")] == ["dgrauet/ltx-2.3-mlx-distilled-q4",
+                                                             "mlx-community/gemma-3-12b-it-bf16"]
+    _put(cache, "dgrauet/ltx-2.3-mlx-distilled-q4", {"config.json": b"{}", "model.safetensors": b"m" * 100})
+    assert models.model_state(model, "mlx", cache).status == "partial"
+    _put(cache, "mlx-community/gemma-3-12b-it-bf16", {"config.json": b"{}", "model.safetensors": b"g" * 100})
+    assert models.model_state(model, "mlx", cache).present
+
+
+def test_list_prints_the_table(tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "hub"
+    _put(cache, "Lightricks/LTX-Video", {"model_index.json": b'{"vae": ["diffusers", "V"]}',
+                                         "vae/x.safetensors": b"v" * 100})
+    models.list_models(_config(tmp_path), cache=cache)
+    out = capsys.readouterr().out
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["NAME", "BACKEND", "REPOS"]
+    row = {line.split()[0]: line for line in rows if line.strip()}
+    assert "present (video only)" in row["ltx-video"] and "Lightricks/LTX-Video" in row["ltx-video"]
+    assert row["ltx-2"].rstrip().endswith("missing") and "42.0 GB" in row["ltx-2"]
+    assert "built in" in row["tiny"]
+
+
+# -- pull ---------------------------------------------------------------------------------------
+class FakeHub:
+    """snapshot_download's contract, offline: fetch what the patterns allow into the cache, return the snapshot."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        self.repos = repos
+        self.calls: list[dict] = []
+
+    def __call__(self, *, repo_id, revision, cache_dir, allow_patterns=None, ignore_patterns=None) -> str:
+        from fnmatch import fnmatch
+
+        self.calls.append({"repo_id": repo_id, "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns})
+        files = {k: v for k, v in self.repos[repo_id].items()
+                 if (allow_patterns is None or any(fnmatch(k, p) for p in allow_patterns))
+                 and not any(fnmatch(k, p) for p in ignore_patterns or [])}
+        return str(_put(Path(cache_dir), repo_id, files))
+
+
+def test_pull_refuses_up_front_when_the_disk_lacks_room(tmp_path: Path) -> None:
+    hub = FakeHub({})
+    with pytest.raises(UsageError) as e:
+        models.pull(_config(tmp_path), "ltx-2", cache=tmp_path / "hub", downloader=hub,
+                    disk_free=lambda _: 30 * models.GB, env={}, say=lambda _: None)
+    message = str(e.value)
+    assert "not enough disk space for model ltx-2" in message
+    assert "42.0 GB" in message and "30.0 GB free" in message and str(tmp_path / "hub") in message
+    assert "HF_HOME" in message
+    assert hub.calls == []  # refused before any download started
+
+
+def test_pull_counts_what_an_earlier_pull_left_when_checking_the_disk(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    model = ModelInfo(name="mid", family="ltx2", diffusers_repo="me/mid", size_gb=10.0)
+    config = _config(tmp_path, mid=model)
+
+    class Resuming(FakeHub):
+        def __call__(self, **kw) -> str:
+            for blob in (models.repo_folder(cache, "me/mid") / "blobs").glob("*.incomplete"):
+                blob.unlink()  # snapshot_download finishes what was interrupted
+            return super().__call__(**kw)
+
+    hub = Resuming({"me/mid": DIFFUSERS_FILES})
+    five_gb = lambda _: 5 * models.GB  # noqa: E731
+    with pytest.raises(UsageError, match="it needs about 10.0 GB"):  # nothing here yet: 10 GB > 5 GB free
+        models.pull(config, "mid", cache=cache, downloader=hub, disk_free=five_gb, env={}, say=lambda _: None)
+
+    # An interrupted pull left 8 GB (a sparse .incomplete blob): 2 GB more (+2 to spare) fits in 5 GB.
+    _put(cache, "me/mid", {"model_index.json": DIFFUSERS_FILES["model_index.json"]})
+    blob = models.repo_folder(cache, "me/mid") / "blobs" / "0123.incomplete"
+    with open(blob, "wb") as f:
+        f.truncate(8 * models.GB)
+    lines: list[str] = []
+    assert models.pull(config, "mid", cache=cache, downloader=hub, disk_free=five_gb, env={}, say=lines.append) == 0
+    assert "resuming: 8.0 GB already here" in lines[0]
+    assert models.model_state(model, "diffusers", cache).present
+
+
+def test_pull_downloads_only_what_the_pipeline_loads_and_reports_ready(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    repo_files = {**DIFFUSERS_FILES, "ltx-2-19b-dev.safetensors": b"x" * 5000, "transformer/weights.bin": b"b",
+                  "README.md": b"# LTX-2", "latent_upsampler/config.json": b"{}",
+                  "latent_upsampler/diffusion_pytorch_model.safetensors": b"u" * 100}
+    hub = FakeHub({"Lightricks/LTX-2": repo_files})
+    lines: list[str] = []
+
+    assert models.pull(_config(tmp_path), "ltx-2", backend="diffusers", cache=cache, downloader=hub,
+                       disk_free=lambda _: 100 * models.GB, env={}, say=lambda _: None) == 0
+
+    last = hub.calls[-1]
+    # The pipeline's components, plus the x2 latent upsampler that production mode loads from its own folder.
+    assert last["allow_patterns"] == ["model_index.json", "transformer/*", "vae/*", "scheduler/*",
+                                      "latent_upsampler/*"]
+    assert "*.bin" in last["ignore_patterns"]
+    snap = models.repo_folder(cache, "Lightricks/LTX-2") / "snapshots" / COMMIT
+    assert not (snap / "ltx-2-19b-dev.safetensors").exists()  # the other checkpoints in the repo stay remote
+    assert not (snap / "transformer" / "weights.bin").exists()
+    assert (snap / "latent_upsampler" / "diffusion_pytorch_model.safetensors").is_file()
+    assert models.model_state(BUILTIN_MODELS["ltx-2"], "diffusers", cache).present
+
+
+def test_pull_says_how_to_resume_when_the_download_stops(tmp_path: Path) -> None:
+    def broken(**kw):
+        raise ConnectionError("Connection reset by peer")
+
+    with pytest.raises(HotfolderError, match="run the same command again to resume"):
+        models.pull(_config(tmp_path), "ltx-video", cache=tmp_path / "hub", downloader=broken,
+                    disk_free=lambda _: 100 * models.GB, env={}, say=lambda _: None)
+
+
+def test_pull_refuses_when_offline_mode_is_set(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
+        models.pull(_config(tmp_path), "ltx-video", cache=tmp_path / "hub", downloader=FakeHub({}),
+                    disk_free=lambda _: 100 * models.GB, env={"HF_HUB_OFFLINE": "1"}, say=lambda _: None)
+
+
+def test_the_cli_pull_refuses_unknown_names_and_has_nothing_to_do_for_tiny(tmp_path: Path, capsys) -> None:
+    assert main(["models", "pull", "ltx2", "--root", str(tmp_path)]) == 2
+    assert "did you mean 'ltx-2'" in capsys.readouterr().err.lower()
+    assert main(["models", "pull", "tiny", "--root", str(tmp_path)]) == 0
+    assert "nothing to download" in capsys.readouterr().out
+    assert main(["models", "pull", "--root", str(tmp_path)]) == 2
+
+
+def test_the_cli_pull_refuses_on_a_full_disk_before_any_network(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "free_bytes", lambda _: 1 * models.GB)
+    monkeypatch.setattr(models, "_snapshot_download", lambda **kw: pytest.fail("must not download"))
+    assert main(["models", "pull", "ltx-2", "--root", str(tmp_path)]) == 2
+    assert "not enough disk space" in capsys.readouterr().err
+
+
+def test_on_apple_silicon_pull_wants_the_mlx_weights_even_before_they_exist(tmp_path: Path, monkeypatch) -> None:
+    from hotfolder import backends
+
+    config = _config(tmp_path)
+    monkeypatch.setattr(backends, "is_apple_silicon", lambda: True)
+    monkeypatch.setattr(backends, "mlx_status", lambda: (True, "mlx on Metal"))
+    assert models.backend_for(BUILTIN_MODELS["ltx-2"], config) == "mlx"
+    assert models.backend_for(BUILTIN_MODELS["ltx-video"], config) == "diffusers"  # no MLX weights exist
+    assert models.backend_for(BUILTIN_MODELS["ltx-2"], config, "diffusers") == "diffusers"
+    monkeypatch.setattr(backends, "mlx_status", lambda: (False, "not installed"))
+    assert models.backend_for(BUILTIN_MODELS["ltx-2"], config) == "diffusers"
