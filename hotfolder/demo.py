@@ -9,7 +9,6 @@ The root is kept and the result paths printed.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 

@@ -9,9 +9,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from hotfolder.spec import JobSpec
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))

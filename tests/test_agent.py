@@ -23,7 +23,6 @@ import pytest
 from conftest import Root, wait_until
 from hotfolder import agent
 from hotfolder.agent import EXIT_TIMEOUT_S, LABEL, Completed, Host
-from hotfolder.cli import main
 from hotfolder.config import Config
 from hotfolder.daemon import STOP_GRACE_S
 from hotfolder.errors import HotfolderError, UsageError

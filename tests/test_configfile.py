@@ -7,7 +7,6 @@ import re
 import tomllib
 from pathlib import Path
 
-import pytest
 
 from hotfolder import configfile
 from hotfolder.cli import main

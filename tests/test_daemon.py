@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from conftest import Root, wait_until
 
@@ -134,7 +130,7 @@ def test_a_second_daemon_on_the_same_root_is_refused(root: Root) -> None:
 
 def test_sigterm_mid_job_exits_quickly_and_the_job_finishes_after_restart(root: Root) -> None:
     env = root.env(HOTFOLDER_FAKE_STEP_S="0.5")
-    _drop(root, "long.toml", f'prompt = "a long job"\nwidth = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 40\n')
+    _drop(root, "long.toml", 'prompt = "a long job"\nwidth = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 40\n')
     daemon = root.start(fake=True, env=env)
     progress = lambda: list((root.path / "processing").glob("*/progress.json"))  # noqa: E731
     wait_until(lambda: any(json.loads(p.read_text()).get("step", 0) >= 1 for p in progress()), what="a step")

@@ -130,6 +130,14 @@ def test_a_really_unwritable_root_fails(config: Config, tmp_path: Path) -> None:
     assert c.status == FAIL
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (unwritable even for root)")
+def test_a_root_that_exists_but_cannot_be_written_fails_even_for_root(tmp_path: Path) -> None:
+    """CI runs as root, where chmod proves nothing: /proc/self is a folder no one can create files in."""
+    config = Config(root=Path("/proc/self"))
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, access=doctor._access)))["root"]
+    assert c.status == FAIL and c.fix
+
+
 def test_the_real_access_probe_leaves_nothing_behind(config: Config) -> None:
     before = sorted(os.listdir(config.root))
     doctor._access(config.root)

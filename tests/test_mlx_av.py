@@ -7,7 +7,6 @@ pipeline code on tiny weights (a job takes about a second on a 2-core CPU).
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import textwrap

@@ -181,8 +181,6 @@ def test_pull_downloads_only_what_the_pipeline_loads_and_reports_ready(tmp_path:
                   "README.md": b"# LTX-2", "latent_upsampler/config.json": b"{}",
                   "latent_upsampler/diffusion_pytorch_model.safetensors": b"u" * 100}
     hub = FakeHub({"Lightricks/LTX-2": repo_files})
-    lines: list[str] = []
-
     assert models.pull(_config(tmp_path), "ltx-2", backend="diffusers", cache=cache, downloader=hub,
                        disk_free=lambda _: 100 * models.GB, env={}, say=lambda _: None) == 0
 

@@ -11,29 +11,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_diffusers_backend import empty_hf_cache, fake_hub_cache, make_spec, no_progress  # noqa: F401 (fixture)
+from test_diffusers_backend import (  # noqa: F401 (fixtures)
+    empty_hf_cache,
+    fake_hub_cache,
+    loaded,
+    ltx2,
+    make_spec,
+    no_progress,
+)
 
 from hotfolder.backends import diffusers_ltx
 from hotfolder.config import BUILTIN_MODELS, Config
 from hotfolder.errors import BackendError, Interrupted, WeightsMissing
-
-
-def loaded(model_name: str, root: Path) -> diffusers_ltx.DiffusersBackend:
-    backend = diffusers_ltx.create(BUILTIN_MODELS[model_name], Config(root=root))
-    backend.load()
-    return backend
-
-
-@pytest.fixture(scope="module")
-def ltx2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[diffusers_ltx.DiffusersBackend]:
-    backend = loaded("tiny", tmp_path_factory.mktemp("root"))
-    yield backend
-    backend.close()
 
 
 @pytest.fixture(scope="module")
