@@ -263,3 +263,13 @@ def test_an_idle_daemon_unloads_the_model_and_reloads_for_the_next_job(root: Roo
     finally:
         daemon.terminate()
         daemon.wait(timeout=15)
+
+
+def test_two_identical_jobs_in_the_queue_generate_once(root: Root, tmp_path: Path) -> None:
+    loads = tmp_path / "loads.txt"
+    job = f'prompt = "A lantern on a pier"\n{SMALL}'
+    _drop(root, "one.toml", job)
+    _drop(root, "two.toml", job)
+    assert root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_FAKE_LOADS=str(loads))).returncode == 0
+    hits = sorted(root.metadata(r)["cache_hit"] for r in root.results())
+    assert hits == [False, True] and len(loads.read_text().splitlines()) == 1

@@ -40,6 +40,15 @@ def _progress_step(root: Root) -> int:
     return max(steps, default=0)
 
 
+def _stage(root: Root) -> str | None:
+    for p in (root.path / "processing").glob("*/progress.json"):
+        try:
+            return json.loads(p.read_text()).get("stage")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def _kill_when(root: Root, env: dict[str, str], condition) -> None:
     daemon = root.start(fake=True, env=env)
     try:
@@ -197,3 +206,31 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(root: Root) -> None:
     run = root.cli("run", "--once", fake=True)
     assert run.returncode == 0, run.stderr
     assert len(root.results()) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_exits_within_10_s_even_when_one_step_takes_longer(root: Root) -> None:
+    env = root.env(HOTFOLDER_FAKE_STEP_S="30")  # a slow Mac at full size: the next step is far away
+    _drop(root, "huge.toml", 'prompt = "huge"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 4\n')
+    daemon = root.start(fake=True, env=env)
+    wait_until(lambda: _stage(root) == "generating", what="the first (30 s) step to begin")
+    t0 = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=12) == 0
+    assert time.monotonic() - t0 < 10
+    assert root.results() == [] and len(list((root.path / "processing").iterdir())) == 1  # kept for the restart
+
+
+def test_a_second_signal_exits_at_once(root: Root) -> None:
+    env = root.env(HOTFOLDER_FAKE_STEP_S="30")
+    _drop(root, "huge.toml", 'prompt = "huge"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 4\n')
+    daemon = root.start(fake=True, env=env)
+    wait_until(lambda: _stage(root) == "generating", what="the first (30 s) step to begin")
+    daemon.send_signal(signal.SIGTERM)  # graceful: would wait for the step (up to the 8 s grace)
+    t0 = time.monotonic()
+    daemon.send_signal(signal.SIGINT)
+    assert daemon.wait(timeout=5) != 0  # out at once, not a graceful stop
+    assert time.monotonic() - t0 < 2
+    assert len(list((root.path / "processing").iterdir())) == 1
+    assert root.cli("run", "--once", fake=True).returncode == 0  # and nothing was lost
+    assert [root.metadata(r)["source"] for r in root.results()] == ["huge.toml"]
