@@ -297,14 +297,32 @@ WantedBy=default.target
 
 
 def quick_action_command(config: Config, host: Host, config_file: Path | None = None) -> str:
-    """The Run Shell Script body: the selected files arrive only as "$@", never in the script text."""
+    """The Run Shell Script body (POSIX sh): the selected files arrive only as "$@", never in the script text.
+
+    A prompt or job file becomes a job as it is. An image asks (a dialog) for the prompt of a video that
+    starts from it, and goes in as `--image`: "Make video from this prompt / with this image".
+    """
     args = [str(host.python), "-m", "hotfolder", "submit", "--root", str(config.root)]
     if config_file is not None:
         args += ["--config", str(Path(config_file).absolute())]
+    ask = ("osascript -e 'on run argv' -e 'text returned of (display dialog (\"Describe the video that starts "
+           "from \" & item 1 of argv) default answer \"\" with title \"hotfolder\")' -e 'end run'")
     return (
         "# hotfolder Quick Action: hands the files selected in Finder to the hot folder.\n"
         "# Written by `hotfolder agent install --quick-action`.\n"
-        f'exec {shlex.join(args)} "$@"\n'
+        f"submit() {{ {shlex.join(args)} \"$@\"; }}\n"
+        "status=0\n"
+        'for f in "$@"; do\n'
+        '  name=${f##*/}\n'
+        '  case "$(printf %s "$name" | tr "[:upper:]" "[:lower:]")" in\n'
+        "    *.png|*.jpg|*.jpeg|*.webp)\n"
+        f'      prompt=$({ask} "$name") || continue\n'
+        '      [ -n "$prompt" ] || continue\n'
+        '      submit "$prompt" --image "$f" --name "${name%.*}" || status=1 ;;\n'
+        '    *) submit "$f" || status=1 ;;\n'
+        "  esac\n"
+        "done\n"
+        "exit $status\n"
     )
 
 

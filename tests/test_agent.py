@@ -346,7 +346,7 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert action["action"]["BundleIdentifier"] == "com.apple.RunShellScript"
     assert params["inputMethod"] == 1  # the selection arrives as arguments: "$@"
     assert params["shell"] == "/bin/zsh"
-    assert params["COMMAND_STRING"].rstrip().endswith(f'submit --root {config.root} "$@"')
+    assert f"-m hotfolder submit --root {config.root}" in params["COMMAND_STRING"]
     assert [agent.PBS, "-flush"] in launchd.calls
 
     # The script itself, run by a POSIX shell with awkward file names as "$@": each becomes a job.
@@ -360,6 +360,24 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in config.inbox.iterdir() if p.is_file()) == sorted(names)
     assert (prompts / names[0]).exists()  # submit copies: the person's file stays where it was
+
+    # An image asks for its prompt (osascript's dialog, faked here) and becomes an image-to-video job folder.
+    from PIL import Image
+
+    image = prompts / "harbour at dawn.png"
+    Image.new("RGB", (96, 64), (20, 40, 200)).save(image)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "osascript").write_text('#!/bin/sh\necho "Boats rocking gently in the harbour"\n')
+    (fake_bin / "osascript").chmod(0o755)
+    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", str(image)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stderr
+    folder = config.inbox / "harbour at dawn"
+    assert (folder / "harbour at dawn.png").read_bytes() == image.read_bytes()
+    [job] = folder.glob("*.toml")
+    assert "Boats rocking gently in the harbour" in job.read_text() and "[image]" in job.read_text()
 
 
 def test_uninstall_removes_our_quick_action_but_not_someone_elses(tmp_path: Path) -> None:
