@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tomllib
 from pathlib import Path
+
+import tomli_w
 
 from hotfolder.config import Config
 from hotfolder.errors import UsageError
@@ -103,13 +106,46 @@ def retry(config: Config, job_ref: str) -> int:
         os.rename(src, dest)
     dest_dir = config.inbox / source.parent
     dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / source.name
-    n = 1
-    while os.path.lexists(target):
-        n += 1
-        target = dest_dir / f"{source.stem} {n}{source.suffix}"
+    index = err.get("index")
+    if index is not None and original.is_file() and original.suffix.lower() == ".toml":
+        # One failed entry of a [[jobs]] batch: retry that entry alone, not the entries already delivered.
+        data = _single_entry(original, int(index))
+        target = _free(dest_dir, f"{source.stem}-{int(index) + 1}.toml")
+        staged = config.inbox / ".incoming" / f".retry-{os.getpid()}-{target.name}"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(data)
+        os.rename(staged, target)
+        shutil.rmtree(folder)
+        print(f"entry {int(index) + 1} of {source.name} back in the inbox as {target}")
+        return 0
+    target = _free(dest_dir, source.name)
     os.rename(original, target)
-    if err.get("index") is None:
+    if index is None:
         shutil.rmtree(folder)
     print(f"moved {source.name} back to {target}")
     return 0
+
+
+def _free(folder: Path, name: str) -> Path:
+    target, n = folder / name, 1
+    while os.path.lexists(target):
+        n += 1
+        target = folder / f"{Path(name).stem} {n}{Path(name).suffix}"
+    return target
+
+
+def _single_entry(batch: Path, index: int) -> bytes:
+    """The job file for entry `index` of a [[jobs]] batch: top-level keys, then the entry's (tables merged
+    key by key, as the parser does), under the entry's original output name."""
+    doc = tomllib.loads(batch.read_text(encoding="utf-8"))
+    entries = doc.pop("jobs", [])
+    if not 0 <= index < len(entries):
+        raise UsageError(f"{batch.name} has no entry {index + 1} any more; drop the job file again.")
+    for key, value in entries[index].items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    if len(entries) > 1:
+        doc.setdefault("output", {}).setdefault("name", f"{batch.stem}-{index + 1}")
+    return tomli_w.dumps(doc).encode()

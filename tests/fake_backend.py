@@ -5,6 +5,7 @@ any other backend. Behaviour is steered by environment variables so that tests c
 drive a real daemon process:
   HOTFOLDER_FAKE_STEP_S   seconds per denoising step (default 0)
   HOTFOLDER_FAKE_FAIL     fail the first N generate calls of this process with a BackendError
+  HOTFOLDER_FAKE_FAIL_PROMPT  fail every job whose prompt contains this text
   HOTFOLDER_FAKE_LOADS    a file to which each load() appends a line
   HOTFOLDER_FAKE_IMAGES   a file to which each generate() appends the spec's image path (or "-")
 Like a real image-to-video backend, it reads the image it is given: its mean colour tints the frames.
@@ -46,6 +47,8 @@ class FakeBackend:
             if step_s:
                 time.sleep(step_s)
             on_step("denoise", i + 1, spec.steps)
+        if os.environ.get("HOTFOLDER_FAKE_FAIL_PROMPT", "\0") in spec.prompt:
+            raise BackendError("fake failure for this prompt", hint="none")
         if _failures_left > 0:
             _failures_left -= 1
             raise BackendError("fake failure for the test", hint="none")

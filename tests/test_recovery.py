@@ -234,3 +234,25 @@ def test_a_second_signal_exits_at_once(root: Root) -> None:
     assert len(list((root.path / "processing").iterdir())) == 1
     assert root.cli("run", "--once", fake=True).returncode == 0  # and nothing was lost
     assert [root.metadata(r)["source"] for r in root.results()] == ["huge.toml"]
+
+
+def test_retrying_one_failed_batch_entry_runs_that_entry_alone(root: Root) -> None:
+    root.write_config(max_attempts=1)
+    _drop(root, "batch.toml", 'width = 64\nheight = 64\nduration = 0.5\nsteps = 2\nseed = 3\n'
+                              '[[jobs]]\nprompt = "good shot"\n'
+                              '[[jobs]]\nprompt = "bad shot FAIL-ME"\n[jobs.output]\ngif = false\n')
+    first = root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_FAKE_FAIL_PROMPT="FAIL-ME"))
+    assert first.returncode == 1
+    assert [root.metadata(r)["prompt"] for r in root.results()] == ["good shot"]
+    [failed] = root.failures()
+    assert json.loads((failed / "error.json").read_text())["index"] == 1
+    back = root.cli("retry", failed.name)
+    assert back.returncode == 0, back.stderr
+    retried = (root.inbox / "batch-2.toml").read_text()
+    assert "FAIL-ME" in retried and "good shot" not in retried and "seed = 3" in retried
+    assert root.failures() == []
+    assert root.cli("run", "--once", fake=True).returncode == 0
+    metas = sorted((root.metadata(r) for r in root.results()), key=lambda m: m["prompt"])
+    assert [m["prompt"] for m in metas] == ["bad shot FAIL-ME", "good shot"]  # the good one was not made again
+    assert metas[0]["outputs"]["video"] == "batch-2.mp4" and "gif" not in metas[0]["outputs"]
+    assert metas[0]["seed"] == 3
