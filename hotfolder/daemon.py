@@ -37,7 +37,7 @@ from hotfolder.spool import (
     Job,
     Spool,
     crash_point,
-    is_ignored,
+    job_file_in_folder,
     read_json,
     sync_conflict_of,
     write_json_atomic,
@@ -346,7 +346,7 @@ class Daemon:
                 ],
             )
         if path.is_dir():
-            path = _job_file_in_folder(path, label)
+            path = job_file_in_folder(path, label)
         elif path.suffix.lower() not in (".toml", ".txt"):
             raise JobInvalid(label, [Problem(
                 f"'{path.name}' is not a job file, and no job file in the inbox named it within "
@@ -712,18 +712,6 @@ def _check_cancel(job: Job) -> None:
         raise Interrupted("the job's folder was removed from processing/")
     if (job.folder / CANCEL_MARKER).exists():
         raise Interrupted("cancelled by hotfolder cancel")
-
-
-def _job_file_in_folder(folder: Path, label: str) -> Path:
-    """A folder job holds exactly one .toml or .txt job file."""
-    files = sorted(p for p in folder.iterdir() if not is_ignored(p.name) and p.suffix.lower() in (".toml", ".txt"))
-    if len(files) != 1:
-        found = ", ".join(p.name for p in files) or "none"
-        raise JobInvalid(
-            label,
-            [Problem(f"a job folder must hold exactly one .toml or .txt job file; found {len(files)} ({found})")],
-        )
-    return files[0]
 
 
 def _conditioning(spec: JobSpec) -> dict[str, Any]:

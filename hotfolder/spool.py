@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hotfolder.config import Config
+from hotfolder.errors import JobInvalid, Problem
 
 # Names a person, a sync client or an OS writes while a file is not ready (or never a job).
 IGNORED_PATTERNS = (
@@ -74,6 +75,18 @@ def sync_conflict_of(name: str) -> str | None:
 def is_ignored(name: str) -> bool:
     """True for names that are never jobs and never touched."""
     return any(fnmatch(name, pattern) for pattern in IGNORED_PATTERNS)
+
+
+def job_file_in_folder(folder: Path, label: str) -> Path:
+    """A folder job holds exactly one .toml or .txt job file."""
+    files = sorted(p for p in folder.iterdir() if not is_ignored(p.name) and p.suffix.lower() in (".toml", ".txt"))
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise JobInvalid(
+            label,
+            [Problem(f"a job folder must hold exactly one .toml or .txt job file; found {len(files)} ({found})")],
+        )
+    return files[0]
 
 
 def is_dataless(st: os.stat_result) -> bool:

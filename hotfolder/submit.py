@@ -19,9 +19,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 import tomli_w
 
@@ -29,6 +28,7 @@ from hotfolder.attachments import check_job
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, UsageError
 from hotfolder.spec import attachment_names, parse
+from hotfolder.spool import job_file_in_folder
 
 STALE_HEARTBEAT_S = 10.0
 
@@ -317,7 +317,11 @@ def validate(config: Config, files: list[Path], *, preset: str | None = None) ->
         try:
             if not path.exists():
                 raise UsageError(f"{path}: no such file")
-            specs = parse(path, config, preset=p)
+            folder_job = path.is_dir()
+            job_file = job_file_in_folder(path, path.name) if folder_job else path
+            specs = parse(job_file, config, preset=p, display_name=path.name if folder_job else None)
+            # The files it names, judged as the daemon will: inside the job's folder, no links, probed.
+            specs = check_job(specs, job_file.parent, config, label=path.name, loose=not folder_job)
         except JobInvalid as e:
             bad += 1
             print(e.describe())
@@ -332,12 +336,3 @@ def validate(config: Config, files: list[Path], *, preset: str | None = None) ->
             for a in s.adjustments:
                 print(f"   adjusted: {a}")
     return 2 if bad else 0
-
-
-def copy_tree_atomic(src: Path, dest_dir: Path) -> Path:
-    """Copy a folder into dest_dir under a hidden name, then rename it into place."""
-    tmp = dest_dir / f".incoming-{secrets.token_hex(4)}"
-    shutil.copytree(src, tmp)
-    target = _free_name(dest_dir, src.name)
-    os.rename(tmp, target)
-    return target

@@ -427,3 +427,18 @@ def test_the_spool_holds_a_loose_job_file_and_what_it_names_until_all_settled_or
     (inbox / "pond.toml").write_text('prompt = "x"\n')
     assert step(0) == [] and step(1.5) == [] and step(5) == []
     assert step(5.1) == [("pond.toml", ())]
+
+
+def test_validate_checks_the_files_a_job_names_like_the_daemon(root: Root, tmp_path: Path) -> None:
+    folder = tmp_path / "lake"
+    folder.mkdir()
+    (folder / "lake.toml").write_text(f'prompt = "A lake"\n{SMALL}[image]\nfile = "first.png"\n'
+                                      '[audio]\nfile = "voice.mp3"\n')
+    make_image(folder / "first.png")
+    (folder / "voice.mp3").write_bytes((folder / "first.png").read_bytes())  # a PNG renamed .mp3
+    out = root.cli("validate", str(folder))
+    assert out.returncode == 2 and "voice.mp3" in out.stdout and "first.png" not in out.stdout
+    make_audio(folder / "voice.mp3", 1.0)
+    ok = root.cli("validate", str(folder), str(folder / "lake.toml"))
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.count("ok ") == 2
