@@ -203,6 +203,14 @@ def _read_text(path: Path, config: Config, label: str) -> str:
         ) from e
 
 
+def _starts_a_word(text: str, line: int | None, column: int | None) -> bool:
+    """Whether the syntax error points at a letter: an unquoted word, the usual reason for "invalid value"."""
+    lines = text.splitlines()
+    if not line or not column or line > len(lines) or column > len(lines[line - 1]):
+        return False
+    return lines[line - 1][column - 1].isalpha()
+
+
 def _load_toml(text: str, label: str) -> dict[str, Any]:
     """The TOML table, or JobInvalid with the line and column of the syntax error."""
     try:
@@ -210,7 +218,7 @@ def _load_toml(text: str, label: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         line, column, reason = _toml_error_position(e, text)
         hint = ""
-        if reason.lower().startswith("invalid value"):
+        if reason.lower().startswith("invalid value") and _starts_a_word(text, line, column):
             hint = ' (text must be in double quotes, like prompt = "a red fox in the snow")'
         where = f"line {line}, column {column}"
         if "end of document" in str(e):

@@ -462,6 +462,11 @@ def test_syntax_error_gives_line_and_column(tmp_path):
     assert "double quotes" in p.message  # the likely fix for a bare word
 
 
+def test_the_double_quotes_hint_is_only_for_a_bare_word(tmp_path):
+    p = only(tmp_path, 'prompt = "a fox"\nduration = = 3\n')
+    assert (p.line, p.column) == (2, 12) and "double quotes" not in p.message
+
+
 def test_unterminated_string_at_end_of_file(tmp_path):
     p = only(tmp_path, 'prompt = "a fox\nseed = 1')
     assert p.line is not None and p.column is not None
