@@ -489,9 +489,8 @@ class Daemon:
         outputs["metadata"] = f"{spec.name}.json"
         outputs["log"] = f"{spec.name}.log"
         timings.finished = time.time()
-        meta_path = write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
-                                   timings=timings, outputs=outputs)
-        _add_metadata(meta_path, attachments=used, audio=_audio_kind(spec, outcome))
+        write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
+                       timings=timings, outputs=outputs, attachments=used)
         self.log.info("delivering", total_s=round(timings.finished - timings.started, 2))
         if job.log_file.exists():
             shutil.copy2(job.log_file, stage / f"{spec.name}.log")
@@ -730,21 +729,6 @@ def _image_record(spec: JobSpec, image: Path) -> dict[str, Any]:
         size = im.size
     return {"name": spec.image, "kind": "image", "sha256": spec.image_sha256, "strength": spec.image_strength,
             "size": list(size), "fitted": attachments.describe_image_fit(size, spec.width, spec.height)}
-
-
-def _audio_kind(spec: JobSpec, outcome: Outcome) -> str:
-    """What the MP4's soundtrack is: generated, a voice-over, narration, or none."""
-    base = "voice-over" if spec.audio_file else ("generated" if outcome.has_audio else "")
-    if spec.tts:
-        return f"{base} + narration" if base else "narration"
-    return base or "none"
-
-
-def _add_metadata(path: Path, **fields: Any) -> None:
-    """Fields results.write_metadata does not know about yet (attachments), added in place."""
-    meta = read_json(path)
-    meta.update(fields)
-    write_json_atomic(path, meta)
 
 
 def _copy_attachments(job: Job, stage: Path) -> None:

@@ -96,6 +96,14 @@ def copy_original(job: Job, dest: Path) -> str:
     return target.name
 
 
+def audio_kind(spec: JobSpec, outcome: Outcome) -> str:
+    """What the MP4's soundtrack is: generated, a voice-over, narration, or none."""
+    base = "voice-over" if spec.audio_file else ("generated" if outcome.has_audio else "")
+    if spec.tts:
+        return f"{base} + narration" if base else "narration"
+    return base or "none"
+
+
 def write_metadata(
     folder: Path,
     *,
@@ -106,8 +114,12 @@ def write_metadata(
     outcome: Outcome,
     timings: Timings,
     outputs: dict[str, str],
+    attachments: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """`<name>.json`: every field of SPEC section 4, plus what a person needs to reproduce it."""
+    """`<name>.json`: every field of SPEC section 4, plus what a person needs to reproduce it.
+
+    `attachments`: the image, voice-over and narration used (name, kind, sha256, how fitted).
+    """
     model = outcome.model
     meta: dict[str, Any] = {
         "job_id": entry_id(job, index, count),
@@ -131,7 +143,8 @@ def write_metadata(
         "model": model.name,
         "model_label": model.label,
         "device": outcome.device,
-        "audio": "generated" if outcome.has_audio else "none",
+        "audio": audio_kind(spec, outcome),
+        "attachments": attachments or [],
         "cache_hit": outcome.cache_hit,
         "cache_key": outcome.cache_key,
         "adjustments": list(spec.adjustments),
