@@ -18,7 +18,7 @@ import tomli_w
 
 from hotfolder.config import Config
 from hotfolder.errors import UsageError
-from hotfolder.spool import Job, Spool, read_json, write_json_atomic
+from hotfolder.spool import Job, Spool, free_name, read_json, write_json_atomic
 
 CANCEL_MARKER = "cancel"
 
@@ -110,7 +110,7 @@ def retry(config: Config, job_ref: str) -> int:
     if index is not None and original.is_file() and original.suffix.lower() == ".toml":
         # One failed entry of a [[jobs]] batch: retry that entry alone, not the entries already delivered.
         data = _single_entry(original, int(index))
-        target = _free(dest_dir, f"{source.stem}-{int(index) + 1}.toml")
+        target = free_name(dest_dir, f"{source.stem}-{int(index) + 1}.toml")
         staged = config.inbox / ".incoming" / f".retry-{os.getpid()}-{target.name}"
         staged.parent.mkdir(parents=True, exist_ok=True)
         staged.write_bytes(data)
@@ -118,20 +118,12 @@ def retry(config: Config, job_ref: str) -> int:
         shutil.rmtree(folder)
         print(f"entry {int(index) + 1} of {source.name} back in the inbox as {target}")
         return 0
-    target = _free(dest_dir, source.name)
+    target = free_name(dest_dir, source.name)
     os.rename(original, target)
     if index is None:
         shutil.rmtree(folder)
     print(f"moved {source.name} back to {target}")
     return 0
-
-
-def _free(folder: Path, name: str) -> Path:
-    target, n = folder / name, 1
-    while os.path.lexists(target):
-        n += 1
-        target = folder / f"{Path(name).stem} {n}{Path(name).suffix}"
-    return target
 
 
 def _single_entry(batch: Path, index: int) -> bytes:

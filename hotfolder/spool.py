@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hotfolder.config import Config
-from hotfolder.errors import JobInvalid, Problem
+from hotfolder.errors import JobInvalid, Problem, UsageError
 
 # Names a person, a sync client or an OS writes while a file is not ready (or never a job).
 IGNORED_PATTERNS = (
@@ -482,26 +482,18 @@ class Spool:
     def deliver(self, job: Job, index: int, built: Path, name: str) -> Path:
         """Move a fully built result folder into outbox/ with one rename; never overwrites."""
         (built / ".hotfolder-job").write_text(job.job_id + "\n")
-        base = f"{timestamp()}_{name}"
-        for n in range(1, 10_000):
-            target = self.config.outbox / (base if n == 1 else f"{base} {n}")
-            if os.path.lexists(target):
-                continue
+
+        def journal(target: Path) -> None:  # before the rename, so a restart can tell it happened
             job.delivering[str(index)] = target.name
             job.save()
             crash_point("delivering")
-            try:
-                os.rename(built, target)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    continue
-                raise
-            crash_point("delivered")
-            job.done[str(index)] = target.name
-            job.save()
-            crash_point("recorded")
-            return target
-        raise RuntimeError(f"no free name for {base} in {self.config.outbox}")
+
+        target = _rename_to_free(built, self.config.outbox, f"{timestamp()}_{name}", before=journal)
+        crash_point("delivered")
+        job.done[str(index)] = target.name
+        job.save()
+        crash_point("recorded")
+        return target
 
     def fail(self, job: Job, error: dict[str, Any], *, index: int | None = None, name: str | None = None) -> Path:
         """Put the job's original files plus error.txt and error.json into failed/.
@@ -532,18 +524,7 @@ class Spool:
         (build / "error.txt").write_text(_error_text(error), encoding="utf-8")
         if job.log_file.exists():
             shutil.copy2(job.log_file, build / f"{name}.log")
-        base = f"{timestamp()}_{name}"
-        for n in range(1, 10_000):
-            target = self.config.failed / (base if n == 1 else f"{base} {n}")
-            if os.path.lexists(target):
-                continue
-            try:
-                os.rename(build, target)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    continue
-                raise
-            break
+        target = _rename_to_free(build, self.config.failed, f"{timestamp()}_{name}")
         if index is None:
             self.finish(job)
         else:
@@ -554,6 +535,39 @@ class Spool:
     def finish(self, job: Job) -> None:
         """The job is fully delivered or failed: its processing/ folder goes."""
         shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def free_paths(folder: Path, stem: str, suffix: str = "") -> Iterator[Path]:
+    """folder/<stem><suffix>, then "<stem> 2<suffix>", "<stem> 3<suffix>", ...: those not taken (never overwrite)."""
+    for n in range(1, 10_000):
+        target = folder / (f"{stem}{suffix}" if n == 1 else f"{stem} {n}{suffix}")
+        if not os.path.lexists(target):
+            yield target
+
+
+def free_name(folder: Path, name: str) -> Path:
+    """A free path for a job file or folder: "lake.toml" -> "lake 2.toml"; a folder "lake.v2" -> "lake.v2 2"."""
+    path = Path(name)
+    stem, suffix = (path.stem, path.suffix) if path.suffix.lower() in (".toml", ".txt") else (name, "")
+    target = next(free_paths(folder, stem, suffix), None)
+    if target is None:
+        raise UsageError(f"no free name for {name} in {folder}: move some files out of it.")
+    return target
+
+
+def _rename_to_free(src: Path, folder: Path, base: str, *, before: Callable[[Path], None] | None = None) -> Path:
+    """Move `src` to folder/base (or "base 2", ...) with one rename; a name taken meanwhile is skipped."""
+    for target in free_paths(folder, base):
+        if before is not None:
+            before(target)
+        try:
+            os.rename(src, target)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        return target
+    raise UsageError(f"no free name for {base} in {folder}: move some results out of it.")
 
 
 def _error_text(error: dict[str, Any]) -> str:

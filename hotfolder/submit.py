@@ -28,7 +28,7 @@ from hotfolder.attachments import check_job
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, UsageError
 from hotfolder.spec import attachment_names, parse
-from hotfolder.spool import job_file_in_folder
+from hotfolder.spool import free_name, job_file_in_folder
 
 STALE_HEARTBEAT_S = 10.0
 
@@ -155,16 +155,6 @@ def _slug(text: str) -> str:
     return "-".join(words[:6])[:60] or "prompt"
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    path = Path(name)  # "lake.toml" -> "lake 2.toml"; a folder "lake.v2" -> "lake.v2 2"
-    stem, suffix = (path.stem, path.suffix) if path.suffix.lower() in (".toml", ".txt") else (name, "")
-    for n in range(1, 10_000):
-        target = folder / (name if n == 1 else f"{stem} {n}{suffix}")
-        if not os.path.lexists(target):
-            return target
-    raise UsageError(f"no free name for {name} in {folder}")
-
-
 def submit(config: Config, args: argparse.Namespace) -> int:
     """Check, stage and drop each job; with --wait follow them to the end."""
     incoming = config.inbox / ".incoming"
@@ -193,7 +183,7 @@ def _drop_file(config: Config, incoming: Path, job: Staged) -> tuple[Path, int]:
         tmp.unlink()
         raise
     _fsync(tmp)
-    target = _free_name(config.inbox, job.name)
+    target = free_name(config.inbox, job.name)
     os.rename(tmp, target)
     return target, len(specs)
 
@@ -216,7 +206,7 @@ def _drop_folder(config: Config, incoming: Path, job: Staged) -> tuple[Path, int
         for path in tmp.rglob("*"):
             if path.is_file():
                 _fsync(path)
-        target = _free_name(config.inbox, stem)
+        target = free_name(config.inbox, stem)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
