@@ -139,6 +139,9 @@ CONFIG_KEYS = {
     "models": dict,
 }
 
+PATH_KEYS = ("cache_dir", "log_dir", "state_dir")
+TABLE_KEYS = ("defaults", "presets", "models")  # merged with the built-in tables below
+
 
 @dataclass(frozen=True)
 class Config:
@@ -246,17 +249,11 @@ def load_config(
             raise UsageError(f"config file {path}: {key} = {value!r} has the wrong type.")
 
     kwargs: dict[str, Any] = {"config_file": path if path.is_file() else None}
-    for key in ("settle_seconds", "rescan_seconds", "retry_backoff_seconds", "idle_unload_minutes",
-                "mlx_memory_limit_gb", "mlx_cache_limit_gb", "attachment_wait_seconds"):
-        if key in data:
-            kwargs[key] = float(data[key])
-    for key in ("backend", "model", "max_prompt_bytes", "max_attachment_bytes", "max_attempts", "cache_max_bytes",
-                "polling", "notifications", "mlx_keep_text_encoder"):
-        if key in data:
-            kwargs[key] = data[key]
-    for key in ("cache_dir", "log_dir", "state_dir"):
-        if key in data:
-            kwargs[key] = Path(data[key]).expanduser()
+    for key, value in data.items():
+        if key in PATH_KEYS:
+            kwargs[key] = Path(value).expanduser()
+        elif key not in TABLE_KEYS and key != "root":  # a plain setting: a Config field of the same name
+            kwargs[key] = float(value) if CONFIG_KEYS[key] == (int, float) else value
     if "defaults" in data:
         defaults = {**JOB_DEFAULTS, **data["defaults"]}
         # The model and backend defaults live on Config itself, so --model / --backend flags can override them.

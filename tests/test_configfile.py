@@ -114,3 +114,20 @@ def test_a_key_added_to_config_py_later_still_appears_at_the_top_level(monkeypat
     assert "# Other settings" in text
     data = tomllib.loads(_uncomment(text))
     assert data["polling"] is False  # top level, not inside the last table
+
+
+def test_every_plain_config_key_is_a_config_field_and_loads_with_its_type(tmp_path: Path) -> None:
+    """load_config copies plain keys onto Config by name: each must be a field, numbers become floats."""
+    import dataclasses
+
+    from hotfolder.config import CONFIG_KEYS, PATH_KEYS, TABLE_KEYS, Config, load_config
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    plain = [k for k in CONFIG_KEYS if k not in TABLE_KEYS and k != "root"]
+    assert set(plain) <= fields
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('settle_seconds = 2\nmax_attempts = 3\npolling = true\ncache_dir = "~/x"\n')
+    c = load_config(cfg, root=tmp_path, env={})
+    assert c.settle_seconds == 2.0 and isinstance(c.settle_seconds, float)
+    assert c.max_attempts == 3 and c.polling is True and c.cache_dir == Path("~/x").expanduser()
+    assert set(PATH_KEYS) <= fields
