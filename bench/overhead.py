@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from hotfolder.backends import create  # noqa: E402
 from hotfolder.config import Config  # noqa: E402
-from hotfolder.spec import parse  # noqa: E402
+from hotfolder.job.spec import parse  # noqa: E402
 
 ONE_SHOT = r"""
 import sys, time, tempfile
 from pathlib import Path
 t0 = time.perf_counter()
 from hotfolder.config import Config
-from hotfolder.spec import parse
+from hotfolder.job.spec import parse
 from hotfolder.backends import create
 from hotfolder import media
 config = Config(root=Path(tempfile.mkdtemp()), model="tiny", backend="diffusers")

@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from hotfolder.backends import mlx_av, tiny_mlx  # noqa: E402
+from hotfolder.backends.mlx import backend as mlx_av
+from hotfolder.backends.mlx import tiny as tiny_mlx
 from hotfolder.config import ModelInfo  # noqa: E402
-from hotfolder.spec import JobSpec  # noqa: E402
+from hotfolder.job.spec import JobSpec  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at night, waves breaking below"
 

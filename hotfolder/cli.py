@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hotfolder import __version__
-from hotfolder.backends import BACKEND_MODULES
-from hotfolder.config import FORMATS, Config, load_config
+from hotfolder.config import BACKEND_MODULES, FORMATS, Config, load_config
 from hotfolder.errors import HotfolderError, UsageError
 
 
@@ -132,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from hotfolder import log
 
     if args.command == "run":
-        from hotfolder.daemon import Daemon
+        from hotfolder.daemon.daemon import Daemon
 
         config = _config(args, backend=args.backend, model=args.model, polling=True if args.poll else None)
         if config.model_info(config.model) is None:
@@ -141,45 +140,41 @@ def _dispatch(args: argparse.Namespace) -> int:
         log.setup(config.log_dir, verbose=args.verbose)
         return Daemon(config, once=args.once).run()
     if args.command == "submit":
-        from hotfolder.submit import submit
+        from hotfolder.commands.submit import submit
 
         config = _config(args)
         return submit(config, args)
     if args.command == "validate":
-        from hotfolder.submit import validate
+        from hotfolder.commands.submit import validate
 
         return validate(_config(args), args.files, preset=args.preset)
     if args.command == "status":
-        from hotfolder.status import show_status
+        from hotfolder.commands.status import show_status
 
         return show_status(_config(args), as_json=args.json)
     if args.command in ("cancel", "retry"):
-        from hotfolder import control
-
+        from hotfolder.commands import control
         config = _config(args)
         return control.cancel(config, args.job) if args.command == "cancel" else control.retry(config, args.job)
     if args.command == "cache":
         return _cache_command(_config(args), args.action, as_json=args.json)
     if args.command == "agent":
-        from hotfolder import agent
-
+        from hotfolder.service import agent
         return agent.main(_config(args), args.action, config_file=args.config, quick_action=args.quick_action,
                           fda_confirmed=args.full_disk_access)
     if args.command == "config":
-        from hotfolder import configfile
-
+        from hotfolder.commands import configfile
         return configfile.command(args.action, config_file=args.config, root=args.root, force=args.force,
                                   as_json=args.json)
     if args.command == "doctor":
-        from hotfolder.doctor import run_doctor
+        from hotfolder.commands.doctor import run_doctor
 
         return run_doctor(_config(args))
     if args.command == "models":
-        from hotfolder import models
-
+        from hotfolder.commands import models
         return models.command(_config(args, backend=args.backend), args.action, args.name)
     if args.command == "demo":
-        from hotfolder.demo import run_demo
+        from hotfolder.commands.demo import run_demo
 
         return run_demo()
     raise UsageError(f"unknown command {args.command}")

@@ -87,6 +87,14 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
     ),
 }
 
+# The backends: the module that implements each (imported only when a job needs it) and the
+# multiple its width and height must be. Tests register a fake backend in both tables.
+BACKEND_MODULES: dict[str, str] = {
+    "diffusers": "hotfolder.backends.diffusers.backend",
+    "mlx": "hotfolder.backends.mlx.backend",
+}
+SIZE_MULTIPLE: dict[str, int] = {"diffusers": 32, "mlx": 64}
+
 # Nominal sizes of the format presets (production). Preview halves them; both are
 # then snapped to what the backend accepts, and the snap is recorded.
 FORMATS: dict[str, tuple[int, int]] = {
@@ -279,8 +287,6 @@ def load_config(
         chosen_root = Path(data["root"])
     kwargs["root"] = (chosen_root or default_root()).expanduser().absolute()
     kwargs.update({k: v for k, v in flags.items() if v is not None})
-    from hotfolder.backends import BACKEND_MODULES
-
     if kwargs.get("backend", "auto") not in ("auto", *BACKEND_MODULES):
         allowed = ", ".join(("auto", *BACKEND_MODULES))
         raise UsageError(f"backend {kwargs['backend']!r} is not one of {allowed}.")

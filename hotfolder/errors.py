@@ -1,8 +1,10 @@
 """The few exceptions that cross module boundaries, and what each means for a job.
 
-`JobInvalid` is permanent (never retried), `BackendError` is retryable,
-`WeightsMissing` is permanent with an action for the person, `Interrupted`
-means "stop now, the job is not at fault".
+Each error says itself whether another attempt could help (`retryable`): the
+daemon reads that, not a chain of excepts. `JobInvalid` is permanent,
+`BackendError` is retryable, `WeightsMissing` is permanent with an action for the
+person, `Interrupted` means "stop now, the job is not at fault". An exception
+that is not ours (a bug, an OOM in a library) counts as retryable.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class HotfolderError(Exception):
     exit_code = 1
     kind = "error"
     hint: str | None = None
+    retryable = True  # whether another attempt at the same job could succeed
+
+
+def retryable(e: BaseException) -> bool:
+    """Whether the daemon should try a job again after `e` (errors not of ours: yes)."""
+    return bool(getattr(e, "retryable", True))
 
 
 class JobInvalid(HotfolderError):
@@ -41,10 +49,14 @@ class JobInvalid(HotfolderError):
 
     exit_code = 2
     kind = "invalid"
+    retryable = False
 
     def __init__(self, file: str, problems: list[Problem]):
         self.file = file
-        self.problems = problems
+        unique: dict[str, Problem] = {}  # each message once: a top-level mistake recurs in every [[jobs]] entry
+        for p in problems:
+            unique.setdefault(p.message, p)
+        self.problems = list(unique.values())
         super().__init__(self.describe())
 
     def describe(self) -> str:
@@ -73,6 +85,7 @@ class WeightsMissing(HotfolderError):
     """The model's weights are not on this machine: retrying will not help."""
 
     kind = "weights_missing"
+    retryable = False
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -83,3 +96,4 @@ class Interrupted(HotfolderError):
     """Raised from a step callback to stop generation at once (stop or cancel)."""
 
     kind = "interrupted"
+    retryable = False

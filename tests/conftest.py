@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import pytest
 
 if TYPE_CHECKING:
-    from hotfolder.spec import JobSpec
+    from hotfolder.job.spec import JobSpec
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -119,7 +119,7 @@ class Root:
 
 def make_spec(**changes: object) -> "JobSpec":
     """A fully resolved JobSpec for tests that call backends or the cache directly (no job file)."""
-    from hotfolder.spec import JobSpec
+    from hotfolder.job.spec import JobSpec
 
     fields: dict[str, object] = {
         "source": "fox.toml", "index": 0, "name": "fox", "prompt": "a red fox trotting through fresh snow",

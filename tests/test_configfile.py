@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 
-from hotfolder import configfile
+from hotfolder.commands import configfile
 from hotfolder.cli import main
 from hotfolder.config import CONFIG_KEYS, Config, load_config
 

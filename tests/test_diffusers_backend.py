@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import conftest
-from hotfolder.backends import diffusers_ltx
+from hotfolder.backends.diffusers import backend as diffusers_ltx
 from hotfolder.config import BUILTIN_MODELS, Config
 from hotfolder.errors import BackendError, Interrupted, WeightsMissing
-from hotfolder.spec import JobSpec
+from hotfolder.job.spec import JobSpec
 
 
 def make_spec(**changes: object) -> JobSpec:
@@ -138,8 +138,7 @@ def test_tiny_ltx_video_has_no_audio(ltx: diffusers_ltx.DiffusersBackend) -> Non
 def test_tiny_builds_are_identical_and_leave_the_callers_rng_alone(ltx2: diffusers_ltx.DiffusersBackend) -> None:
     import torch
 
-    from hotfolder.backends import tiny
-
+    from hotfolder.backends.diffusers import tiny
     rng = torch.random.get_rng_state()
     first, second = tiny.build_ltx2_pipeline(), tiny.build_ltx2_pipeline()
     assert torch.equal(rng, torch.random.get_rng_state())
@@ -202,7 +201,7 @@ def test_other_pipeline_failures_name_what_failed(tmp_path: Path) -> None:
 
 def test_importing_the_backend_imports_no_torch() -> None:
     code = (
-        "import sys, hotfolder.backends.diffusers_ltx, hotfolder.backends.tiny; "
+        "import sys, hotfolder.backends.diffusers.backend, hotfolder.backends.diffusers.tiny; "
         "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules])"
     )
     repo = Path(__file__).resolve().parents[1]
@@ -339,7 +338,8 @@ def test_a_real_preset_size_stays_cheap_thanks_to_the_real_compression(ltx2: dif
 
 def test_the_tiny_models_cache_identity_follows_their_builders() -> None:
     """Changing how a tiny model is built must change its cache identity (the model table's revision)."""
-    from hotfolder.backends import tiny, tiny_mlx
+    from hotfolder.backends.diffusers import tiny
+    from hotfolder.backends.mlx import tiny as tiny_mlx
     from hotfolder.config import BUILTIN_MODELS
 
     assert str(tiny.TINY_VERSION) == str(tiny_mlx.TINY_VERSION) == "1"

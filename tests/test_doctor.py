@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from hotfolder import doctor
-from hotfolder.agent import AgentStatus
+from hotfolder.commands import doctor
+from hotfolder.service.agent import AgentStatus
 from hotfolder.config import Config
-from hotfolder.doctor import FAIL, OK, WARN, Probes
-from hotfolder.models import GB, ModelState, RepoState
+from hotfolder.commands.doctor import FAIL, OK, WARN, Probes
+from hotfolder.commands.models import GB, ModelState
+from hotfolder.weights import RepoState
 
 
 def _present(model, backend) -> ModelState:

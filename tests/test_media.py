@@ -116,7 +116,7 @@ def test_colours_survive_the_round_trip_and_are_tagged_bt709(tmp_path: Path) -> 
         got = np.asarray(im.convert("RGB")).astype(int)
     for i, c in enumerate(colours):
         assert np.abs(got[16, 32 * i + 16] - np.array(c)).max() <= 6, (c, got[16, 32 * i + 16])
-    _, _, header = media._run(["-i", str(out)], file=out, what="reading", timeout=30, check=False)
+    _, _, header = media.ffmpeg._run(["-i", str(out)], file=out, what="reading", timeout=30, check=False)
     assert "yuv420p(tv, bt709" in header
 
 

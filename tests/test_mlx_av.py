@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 import conftest
-from hotfolder.backends import mlx_av, tiny_mlx
+from hotfolder.backends.mlx import backend as mlx_av
+from hotfolder.backends.mlx import tiny as tiny_mlx
 from hotfolder.config import BUILTIN_MODELS, ModelInfo
 from hotfolder.errors import BackendError, Interrupted, JobInvalid, WeightsMissing
-from hotfolder.spec import JobSpec
+from hotfolder.job.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = BUILTIN_MODELS["tiny"]
@@ -497,7 +498,8 @@ def test_hotfolder_imports_no_torch_and_the_process_exits_cleanly() -> None:
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from test_mlx_av import make_spec
-        from hotfolder.backends import mlx_av, tiny_mlx
+        from hotfolder.backends.mlx import backend as mlx_av
+        from hotfolder.backends.mlx import tiny as tiny_mlx
         from hotfolder.config import BUILTIN_MODELS
         mlx_av.available()
         b = mlx_av.create(BUILTIN_MODELS["tiny"], SimpleNamespace())

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hotfolder import models
+from hotfolder import weights
+from hotfolder.commands import models
 from hotfolder.cli import main
 from hotfolder.config import BUILTIN_MODELS, Config, ModelInfo
 from hotfolder.errors import HotfolderError, UsageError
@@ -23,7 +24,7 @@ COMMIT = "a" * 40
 
 def _put(cache: Path, repo: str, files: dict[str, bytes], *, commit: str = COMMIT, link: bool = True) -> Path:
     """Lay files out as the HF cache does: blobs by hash, a snapshot of links, refs/main."""
-    folder = models.repo_folder(cache, repo)
+    folder = weights.repo_folder(cache=cache, repo=repo)
     (folder / "refs").mkdir(parents=True, exist_ok=True)
     (folder / "refs" / "main").write_text(commit)
     snap = folder / "snapshots" / commit
@@ -82,7 +83,7 @@ def test_an_interrupted_download_is_partial_not_present(tmp_path: Path, damage: 
     if damage == "component":
         del files["vae/diffusion_pytorch_model.safetensors"]
     snap = _put(cache, "Lightricks/LTX-2", files)
-    folder = models.repo_folder(cache, "Lightricks/LTX-2")
+    folder = weights.repo_folder(cache=cache, repo="Lightricks/LTX-2")
     if damage == "incomplete":
         (folder / "blobs" / "deadbeef.incomplete").write_bytes(b"x" * 10)
     if damage == "broken-link":
@@ -155,7 +156,7 @@ def test_pull_counts_what_an_earlier_pull_left_when_checking_the_disk(tmp_path: 
 
     class Resuming(FakeHub):
         def __call__(self, **kw) -> str:
-            for blob in (models.repo_folder(cache, "me/mid") / "blobs").glob("*.incomplete"):
+            for blob in (weights.repo_folder(cache=cache, repo="me/mid") / "blobs").glob("*.incomplete"):
                 blob.unlink()  # snapshot_download finishes what was interrupted
             return super().__call__(**kw)
 
@@ -166,7 +167,7 @@ def test_pull_counts_what_an_earlier_pull_left_when_checking_the_disk(tmp_path: 
 
     # An interrupted pull left 8 GB (a sparse .incomplete blob): 2 GB more (+2 to spare) fits in 5 GB.
     _put(cache, "me/mid", {"model_index.json": DIFFUSERS_FILES["model_index.json"]})
-    blob = models.repo_folder(cache, "me/mid") / "blobs" / "0123.incomplete"
+    blob = weights.repo_folder(cache=cache, repo="me/mid") / "blobs" / "0123.incomplete"
     with open(blob, "wb") as f:
         f.truncate(8 * models.GB)
     lines: list[str] = []
@@ -189,7 +190,7 @@ def test_pull_downloads_only_what_the_pipeline_loads_and_reports_ready(tmp_path:
     assert last["allow_patterns"] == ["model_index.json", "transformer/*", "vae/*", "scheduler/*",
                                       "latent_upsampler/*"]
     assert "*.bin" in last["ignore_patterns"]
-    snap = models.repo_folder(cache, "Lightricks/LTX-2") / "snapshots" / COMMIT
+    snap = weights.repo_folder(cache=cache, repo="Lightricks/LTX-2") / "snapshots" / COMMIT
     assert not (snap / "ltx-2-19b-dev.safetensors").exists()  # the other checkpoints in the repo stay remote
     assert not (snap / "transformer" / "weights.bin").exists()
     assert (snap / "latent_upsampler" / "diffusion_pytorch_model.safetensors").is_file()
@@ -229,13 +230,13 @@ def test_the_cli_pull_refuses_on_a_full_disk_before_any_network(tmp_path: Path, 
 
 
 def test_on_apple_silicon_pull_wants_the_mlx_weights_even_before_they_exist(tmp_path: Path, monkeypatch) -> None:
-    from hotfolder import backends
+    from hotfolder.backends import choose
 
     config = _config(tmp_path)
-    monkeypatch.setattr(backends, "is_apple_silicon", lambda: True)
-    monkeypatch.setattr(backends, "mlx_status", lambda: (True, "mlx on Metal"))
+    monkeypatch.setattr(choose, "is_apple_silicon", lambda: True)
+    monkeypatch.setattr(choose, "mlx_status", lambda: (True, "mlx on Metal"))
     assert models.backend_for(BUILTIN_MODELS["ltx-2"], config) == "mlx"
     assert models.backend_for(BUILTIN_MODELS["ltx-video"], config) == "diffusers"  # no MLX weights exist
     assert models.backend_for(BUILTIN_MODELS["ltx-2"], config, "diffusers") == "diffusers"
-    monkeypatch.setattr(backends, "mlx_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(choose, "mlx_status", lambda: (False, "not installed"))
     assert models.backend_for(BUILTIN_MODELS["ltx-2"], config) == "diffusers"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotfolder import notify
+from hotfolder.service import notify
 from hotfolder.config import Config
 
 NASTY = 'fox" & do shell script "touch /tmp/pwned" & "<b>$(rm -rf ~)</b>'

@@ -24,7 +24,7 @@ from test_diffusers_backend import (  # noqa: F401 (fixtures)
     no_progress,
 )
 
-from hotfolder.backends import diffusers_ltx
+from hotfolder.backends.diffusers import backend as diffusers_ltx
 from hotfolder.config import BUILTIN_MODELS, Config
 from hotfolder.errors import BackendError, Interrupted, WeightsMissing
 
@@ -143,8 +143,7 @@ def test_production_at_a_real_preset_size(ltx2: diffusers_ltx.DiffusersBackend) 
 def test_the_tiny_upsampler_is_deterministic_and_doubles_width_and_height() -> None:
     import torch
 
-    from hotfolder.backends import tiny
-
+    from hotfolder.backends.diffusers import tiny
     rng = torch.random.get_rng_state()
     first, second = tiny.build_ltx2_latent_upsampler(), tiny.build_ltx2_latent_upsampler()
     assert torch.equal(rng, torch.random.get_rng_state())
@@ -304,8 +303,7 @@ def saved_tiny(ltx2: diffusers_ltx.DiffusersBackend, tmp_path_factory: pytest.Te
 def test_missing_upsampler_weights_are_weights_missing_at_once_and_preview_still_works(
     ltx2: diffusers_ltx.DiffusersBackend, saved_tiny: Path, empty_hf_cache: Path, tmp_path: Path  # noqa: F811
 ) -> None:
-    from hotfolder.backends import tiny
-
+    from hotfolder.backends.diffusers import tiny
     model = dataclasses.replace(BUILTIN_MODELS["ltx-2"], guidance=1.0)  # run as the tiny model does
     snapshot = fake_hub_cache(empty_hf_cache / "hub", "Lightricks/LTX-2", saved_tiny)
     backend = diffusers_ltx.create(model, Config(root=tmp_path))

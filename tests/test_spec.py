@@ -11,7 +11,7 @@ import pytest
 
 from hotfolder.config import JOB_DEFAULTS, Config
 from hotfolder.errors import JobInvalid, Problem
-from hotfolder.spec import JobSpec, parse, safe_name
+from hotfolder.job.spec import JobSpec, parse, safe_name
 
 # --- helpers ---------------------------------------------------------------------
 
@@ -717,7 +717,7 @@ def test_problems_name_the_file(tmp_path):
 
 def test_parsing_imports_no_heavy_backend():
     code = (
-        "import sys; import hotfolder.spec; "
+        "import sys; import hotfolder.job.spec; "
         "bad = [m for m in ('torch', 'mlx', 'diffusers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hotfolder.config import Config
-from hotfolder.spool import Spool, is_ignored
+from hotfolder.folders.spool import Spool, is_ignored
 
 
 class Clock:

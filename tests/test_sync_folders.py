@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Root, wait_until
-from hotfolder import spool as spool_module
+from hotfolder.folders import spool as spool_module
+from hotfolder.job import names
 from hotfolder.config import Config
-from hotfolder.spool import Spool
+from hotfolder.folders.spool import Spool
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
 DAY = 86400
@@ -147,7 +148,7 @@ def test_a_dataless_file_is_not_a_candidate_until_it_is_downloaded(tmp_path: Pat
 
 
 def test_the_dataless_flag_is_macos_sf_dataless() -> None:
-    assert spool_module.UF_DATALESS == getattr(stat, "SF_DATALESS", 0x40000000)
+    assert names.UF_DATALESS == getattr(stat, "SF_DATALESS", 0x40000000)
     fake = os.stat_result((0o100644, 1, 1, 1, 0, 0, 10, 0, 0, 0))
     assert not spool_module.is_dataless(fake)  # no st_flags (Linux): never dataless
 
@@ -184,10 +185,10 @@ def test_conflict_copies_are_separate_jobs_each_processed_once_and_logged(root: 
 
 
 def test_conflict_copies_are_logged_as_conflicts(root: Root) -> None:
-    assert spool_module.sync_conflict_of("lake (Jane's conflicted copy 2026-05-01).toml") == "lake.toml"
-    assert spool_module.sync_conflict_of("lake.sync-conflict-20260501-101500-ABCDEF7.toml") == "lake.toml"
-    assert spool_module.sync_conflict_of("lake 2.toml") is None  # iCloud's "NAME 2" is also a normal name
-    assert spool_module.sync_conflict_of("lake.toml") is None
+    assert names.sync_conflict_of("lake (Jane's conflicted copy 2026-05-01).toml") == "lake.toml"
+    assert names.sync_conflict_of("lake.sync-conflict-20260501-101500-ABCDEF7.toml") == "lake.toml"
+    assert names.sync_conflict_of("lake 2.toml") is None  # iCloud's "NAME 2" is also a normal name
+    assert names.sync_conflict_of("lake.toml") is None
     daemon = root.start(fake=True)
     try:
         _daemon_up(root)

@@ -31,6 +31,7 @@ class NarrationUnavailable(HotfolderError):
     """No speech engine on this machine: retrying will not help, installing one will."""
 
     kind = "narration_unavailable"
+    retryable = False  # permanent until a speech engine is installed
 
     def __init__(self, message: str, hint: str | None = INSTALL_HINT):
         super().__init__(message)

@@ -24,14 +24,13 @@ from typing import Any
 
 import tomli_w
 
-from hotfolder.attachments import check_job
+from hotfolder import fsutil
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, UsageError
-from hotfolder.spec import attachment_names, parse
-from hotfolder.spool import free_name, job_file_in_folder
-
-STALE_HEARTBEAT_S = 10.0
-
+from hotfolder.folders import status as status_file
+from hotfolder.job.attachments import check_job
+from hotfolder.job.names import free_name, job_file_in_folder
+from hotfolder.job.spec import attachment_names, parse
 
 @dataclass
 class Staged:
@@ -182,7 +181,7 @@ def _drop_file(config: Config, incoming: Path, job: Staged) -> tuple[Path, int]:
     except JobInvalid:
         tmp.unlink()
         raise
-    _fsync(tmp)
+    fsutil.fsync_path(tmp)
     target = free_name(config.inbox, job.name)
     os.rename(tmp, target)
     return target, len(specs)
@@ -205,7 +204,7 @@ def _drop_folder(config: Config, incoming: Path, job: Staged) -> tuple[Path, int
         check_job(specs, tmp, config, label=stem, loose=False)
         for path in tmp.rglob("*"):
             if path.is_file():
-                _fsync(path)
+                fsutil.fsync_path(path)
         target = free_name(config.inbox, stem)
         os.rename(tmp, target)
     except BaseException:
@@ -214,15 +213,8 @@ def _drop_folder(config: Config, incoming: Path, job: Staged) -> tuple[Path, int
     return target, len(specs)
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def wait_for(config: Config, dropped: list[tuple[Path, int]], *, timeout: float | None = None) -> int:
     """Follow submitted jobs until each entry is delivered or failed; print the .mp4 paths last."""
-    from hotfolder.daemon import read_status
-
     t0 = time.time()
     pending = {p.relative_to(config.inbox).as_posix(): n for p, n in dropped}
     videos: list[str] = []
@@ -243,8 +235,8 @@ def wait_for(config: Config, dropped: list[tuple[Path, int]], *, timeout: float 
                     del pending[source]
         if not pending:
             break
-        status = read_status(config.root)
-        alive = status is not None and time.time() - status["daemon"].get("heartbeat_unix", 0) < STALE_HEARTBEAT_S
+        beat = status_file.read(config.root)
+        status, alive = beat.status, beat.alive
         if not alive and not warned and time.time() - t0 > 3:
             print(f"hotfolder: no daemon is running on {config.root}; start one with `hotfolder run` "
                   "(waiting anyway)", file=sys.stderr)

@@ -16,20 +16,20 @@ from pathlib import Path
 
 import tomli_w
 
+from hotfolder import fsutil
 from hotfolder.config import Config
 from hotfolder.errors import UsageError
-from hotfolder.spool import Job, Spool, free_name, read_json, write_json_atomic
+from hotfolder.folders import lock
+from hotfolder.folders.spool import Job, Spool, cancelled_error
+from hotfolder.job.names import free_name
 
-CANCEL_MARKER = "cancel"
 
-
-def _processing_jobs(config: Config) -> list[tuple[Path, dict]]:
+def _processing_jobs(config: Config) -> list[Job]:
     found = []
-    for folder in sorted(config.processing.glob("*/job.json")):
-        try:
-            found.append((folder.parent, read_json(folder)))
-        except (OSError, ValueError):
-            continue
+    for record in sorted(config.processing.glob("*/job.json")):
+        job = Job.load(record.parent)
+        if job is not None:
+            found.append(job)
     return found
 
 
@@ -39,43 +39,22 @@ def _matches(job_ref: str, job_id: str, source: str) -> bool:
 
 
 def cancel(config: Config, job_ref: str) -> int:
-    matches = [(f, rec) for f, rec in _processing_jobs(config) if _matches(job_ref, rec["job_id"], rec["source"])]
+    matches = [job for job in _processing_jobs(config) if _matches(job_ref, job.job_id, job.source)]
     if not matches:
         raise UsageError(f"no job {job_ref!r} in {config.processing}. `hotfolder status` lists the queue.")
     if len(matches) > 1:
-        ids = ", ".join(rec["job_id"] for _, rec in matches)
+        ids = ", ".join(job.job_id for job in matches)
         raise UsageError(f"{job_ref!r} matches several jobs ({ids}); give the job id.")
-    folder, rec = matches[0]
-    if _daemon_running(config):
-        write_json_atomic(folder / CANCEL_MARKER, {"requested_by": "hotfolder cancel", "pid": os.getpid()})
-        print(f"cancel requested for {rec['source']} ({rec['job_id']}): it stops at its next step "
+    job = matches[0]
+    if lock.held(config.root):
+        job.request_cancel("hotfolder cancel")
+        print(f"cancel requested for {job.source} ({job.job_id}): it stops at its next step "
               f"and ends in {config.failed}")
         return 0
-    job = Job(job_id=rec["job_id"], folder=folder, source=rec["source"], preset=rec.get("preset"),
-              arrival=rec.get("arrival", 0.0), seq=rec.get("seq", 0))
+    # No daemon: move the whole claim (job file and the attachments claimed with it) to failed/ ourselves.
     target = Spool(config).fail(job, cancelled_error("hotfolder cancel (no daemon was running)"))
-    print(f"cancelled {rec['source']} ({rec['job_id']}): moved to {target}")
+    print(f"cancelled {job.source} ({job.job_id}): moved to {target}")
     return 0
-
-
-def cancelled_error(by: str) -> dict:
-    return {"status": "cancelled", "kind": "cancelled", "message": f"cancelled by {by}",
-            "hint": "To run it after all: `hotfolder retry` with this folder's name."}
-
-
-def _daemon_running(config: Config) -> bool:
-    """Whether a daemon holds the root's lock (a dead process's lock is free)."""
-    from hotfolder.daemon import RootLock
-
-    lock = RootLock(config.root)
-    try:
-        lock.acquire()
-    except UsageError:
-        return True
-    except FileNotFoundError:
-        return False
-    lock.release()
-    return False
 
 
 def retry(config: Config, job_ref: str) -> int:
@@ -113,7 +92,7 @@ def retry(config: Config, job_ref: str) -> int:
         target = free_name(dest_dir, f"{source.stem}-{int(index) + 1}.toml")
         staged = config.inbox / ".incoming" / f".retry-{os.getpid()}-{target.name}"
         staged.parent.mkdir(parents=True, exist_ok=True)
-        staged.write_bytes(data)
+        fsutil.write_new(staged, data, mode=0o644)
         os.rename(staged, target)
         shutil.rmtree(folder)
         print(f"entry {int(index) + 1} of {source.name} back in the inbox as {target}")

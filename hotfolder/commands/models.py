@@ -1,8 +1,8 @@
 """The model table on this machine: what each name needs, what is on disk, and `pull` to fetch it.
 
 The daemon never downloads; this is the one place that does. Presence is read
-from the Hugging Face cache folder itself (no network, no huggingface_hub
-import), so `models list` and `doctor` are instant and work offline. `pull`
+from the Hugging Face cache folder that huggingface_hub names (`weights.py`: no
+network), so `models list` and `doctor` are instant and work offline. `pull`
 checks free disk before it starts and then lets `snapshot_download` do the rest:
 its progress bars, and resuming what an earlier, interrupted pull left.
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hotfolder.cache import hub_cache_dir
+from hotfolder import weights
+from hotfolder.backends import choose
 from hotfolder.config import Config, ModelInfo
 from hotfolder.errors import HotfolderError, UsageError
 
@@ -30,27 +31,12 @@ Downloader = Callable[..., str]  # huggingface_hub.snapshot_download's signature
 
 
 @dataclass(frozen=True)
-class RepoState:
-    """One Hugging Face repository in the local cache."""
-
-    repo: str
-    revision: str | None
-    bytes: int  # on disk, partial downloads included
-    snapshot: Path | None
-    problem: str | None  # why it is not complete; None when it is
-
-    @property
-    def complete(self) -> bool:
-        return self.problem is None
-
-
-@dataclass(frozen=True)
 class ModelState:
     """A model as this machine has it, for one backend."""
 
     model: ModelInfo
     backend: str
-    repos: tuple[RepoState, ...]
+    repos: tuple[weights.RepoState, ...]
 
     @property
     def bytes(self) -> int:
@@ -93,111 +79,13 @@ def repos_for(model: ModelInfo, backend: str) -> list[tuple[str, str | None]]:
 
 
 def backend_for(model: ModelInfo, config: Config, requested: str = "auto") -> str:
-    """The backend whose weights this machine wants for `model`.
-
-    Not `backends.resolve`: that one falls back to Diffusers on a Mac while the MLX
-    weights are missing, which would make `pull` fetch the wrong weights.
-    """
-    from hotfolder import backends
-
-    if requested == "auto":
-        requested = config.backend
-    if requested != "auto":
-        return requested
-    if model.mlx_repo and not model.diffusers_repo:
-        return "mlx"
-    if model.mlx_repo and backends.is_apple_silicon() and backends.mlx_status()[0]:
-        return "mlx"
-    return "diffusers"
-
-
-# -- the cache, read offline -------------------------------------------------------
-def repo_folder(cache: Path, repo: str) -> Path:
-    return cache / ("models--" + repo.replace("/", "--"))
-
-
-def _snapshot(folder: Path, revision: str | None) -> Path | None:
-    rev = revision or "main"
-    ref = folder / "refs" / rev
-    commit = rev
-    if ref.is_file():
-        commit = ref.read_text(encoding="utf-8").strip()
-    snap = folder / "snapshots" / commit
-    return snap if snap.is_dir() else None
-
-
-def _blob_bytes(folder: Path) -> tuple[int, bool]:
-    """(bytes of blobs, whether a download was interrupted: an `.incomplete` blob)."""
-    total, partial = 0, False
-    try:
-        entries = list(os.scandir(folder / "blobs"))
-    except FileNotFoundError:
-        return 0, False
-    for e in entries:
-        try:
-            total += e.stat(follow_symlinks=False).st_size
-        except FileNotFoundError:
-            continue
-        partial = partial or e.name.endswith(".incomplete")
-    return total, partial
-
-
-def snapshot_problem(snap: Path) -> str | None:
-    """Why a snapshot folder is not a complete download (None when it is).
-
-    Checks what an interrupted pull leaves: links to blobs that never arrived,
-    shards named by a `*.safetensors.index.json` that are absent, and Diffusers
-    components named by model_index.json without a folder.
-    """
-    files = [p for p in snap.rglob("*") if not p.is_dir()]
-    if not files:
-        return "the snapshot is empty"
-    broken = [p for p in files if not p.exists()]
-    if broken:
-        return f"{len(broken)} files not downloaded (e.g. {broken[0].relative_to(snap)})"
-    for index in snap.rglob("*.safetensors.index.json"):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        except (OSError, ValueError):
-            return f"{index.relative_to(snap)} is unreadable"
-        missing = sorted(s for s in shards if not (index.parent / s).is_file())
-        if missing:
-            return f"{len(missing)} of {len(shards)} shards missing beside {index.relative_to(snap)}"
-    model_index = snap / "model_index.json"
-    if model_index.is_file():
-        try:
-            components = _components(json.loads(model_index.read_text(encoding="utf-8")))
-        except ValueError:
-            return "model_index.json is unreadable"
-        missing = [c for c in components if not (snap / c).is_dir()]
-        if missing:
-            return f"components not downloaded: {', '.join(missing)}"
-    return None
-
-
-def _components(index: dict[str, Any]) -> list[str]:
-    """The component folders a Diffusers model_index.json names ("vae": ["diffusers", "AutoencoderKL"])."""
-    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
-
-
-def repo_state(cache: Path, repo: str, revision: str | None) -> RepoState:
-    folder = repo_folder(cache, repo)
-    size, partial = _blob_bytes(folder)
-    snap = _snapshot(folder, revision)
-    if not folder.is_dir():
-        problem = "not downloaded"
-    elif snap is None:
-        problem = "no snapshot for revision " + (revision or "main")
-    elif partial:
-        problem = "a download was interrupted"
-    else:
-        problem = snapshot_problem(snap)
-    return RepoState(repo, revision, size, snap, problem)
+    """The backend whose weights this machine wants for `model` (`backends.choose.wanted`)."""
+    return choose.wanted(model, config, requested)[0]
 
 
 def model_state(model: ModelInfo, backend: str, cache: Path | None = None) -> ModelState:
-    cache = cache or hub_cache_dir()
-    return ModelState(model, backend, tuple(repo_state(cache, r, rev) for r, rev in repos_for(model, backend)))
+    repos = tuple(weights.repo_state(r, rev, cache) for r, rev in repos_for(model, backend))
+    return ModelState(model, backend, repos)
 
 
 def free_bytes(path: Path) -> int:
@@ -237,7 +125,7 @@ def list_models(config: Config, *, cache: Path | None = None, backend: str = "au
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
-    print(f"\nHugging Face cache: {cache or hub_cache_dir()}. Download: hotfolder models pull NAME")
+    print(f"\nHugging Face cache: {cache or weights.hub_cache()}. Download: hotfolder models pull NAME")
     return 0
 
 
@@ -290,7 +178,7 @@ def pull(config: Config, name: str, *, backend: str = "auto", cache: Path | None
     if not repos:
         raise UsageError(f"model {model.name} has no weights for the {b} backend. "
                          f"Pick another backend with --backend, or another model (hotfolder models list).")
-    cache = cache or hub_cache_dir()
+    cache = cache or weights.hub_cache()
     env = dict(os.environ) if env is None else env
     if env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise UsageError("HF_HUB_OFFLINE is set in this shell, so nothing can be downloaded. "
@@ -318,10 +206,10 @@ def _pull_repo(repo: str, revision: str | None, cache: Path, downloader: Downloa
         if (first / "model_index.json").is_file():
             # A Diffusers pipeline repo also holds other checkpoints: take only what the pipeline loads.
             index = json.loads((first / "model_index.json").read_text(encoding="utf-8"))
-            allow = ["model_index.json", *(f"{c}/*" for c in _components(index))]
+            allow = ["model_index.json", *(f"{c}/*" for c in weights.components(index))]
             if str(index.get("_class_name", "")).startswith("LTX2"):
                 # Production mode's x2 latent upsampler is not a pipeline component, but the backend loads it.
-                from hotfolder.backends.diffusers_ltx import UPSAMPLER_SUBFOLDER
+                from hotfolder.backends.diffusers.backend import UPSAMPLER_SUBFOLDER
 
                 allow.append(f"{UPSAMPLER_SUBFOLDER}/*")
         downloader(**common, allow_patterns=allow, ignore_patterns=IGNORE_PATTERNS)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import tomli_w
 
+from hotfolder import fsutil
 from hotfolder.config import (BUILTIN_MODELS, BUILTIN_PRESETS, CONFIG_KEYS, JOB_DEFAULTS, Config,
                               default_config_file, default_root, load_config)
 from hotfolder.errors import UsageError
@@ -159,9 +160,7 @@ def init(config_file: Path | None, *, root: Path | None = None, force: bool = Fa
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         os.replace(path, path.with_name(path.name + ".bak"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    fsutil.write_atomic(path, text.encode("utf-8"))
     print(path)
     return 0
 

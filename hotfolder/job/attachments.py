@@ -20,7 +20,7 @@ from hotfolder import media
 from hotfolder.cache import file_sha256
 from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, Problem
-from hotfolder.spec import JobSpec
+from hotfolder.job.spec import JobSpec
 
 AUDIO_FORMATS = "wav, mp3, m4a, aiff or flac"
 IMAGE_FORMATS = "png, jpg or webp"
@@ -65,7 +65,7 @@ def check_job(
     if any(spec.tts for spec in specs):
         problems.extend(_narration_problems(which))
     if problems:
-        raise JobInvalid(label, _unique(problems))
+        raise JobInvalid(label, problems)
     return [_with_digests(spec, checked) for spec in specs]
 
 
@@ -194,22 +194,12 @@ def _said(info: media.MediaInfo) -> str:
     return f" (ffmpeg: {'; '.join(info.damage[:2])})" if info.damage else ""
 
 
-def describe_image_fit(size: tuple[int, int], width: int, height: int) -> str:
-    """How an image of `size` covers a width x height video: scaled, then centre-cropped."""
-    w, h = size
-    scale = max(width / w, height / h)
-    sw, sh = round(w * scale), round(h * scale)
-    if (sw, sh) == (width, height):
-        return f"scaled from {w}x{h} to {width}x{height}"
-    return f"cover and centre-crop: scaled from {w}x{h} to {sw}x{sh}, cropped to {width}x{height}"
-
-
 # --- narration ---------------------------------------------------------------------
 
 
 def _narration_problems(which: Callable[[str], str | None]) -> list[Problem]:
     """No speech engine means no narration: say so before the model is loaded, not after."""
-    from hotfolder.narration import INSTALL_HINT, NarrationUnavailable, find_engine
+    from hotfolder.media.narration import INSTALL_HINT, NarrationUnavailable, find_engine
 
     try:
         find_engine(which)
@@ -243,10 +233,3 @@ def _with_digests(spec: JobSpec, checked: dict[tuple[str, str], Attachment | Non
     image = checked.get(("image.file", spec.image or ""))
     audio = checked.get(("audio.file", spec.audio_file or ""))
     return replace(spec, image_sha256=image.sha256 if image else None, audio_sha256=audio.sha256 if audio else None)
-
-
-def _unique(problems: list[Problem]) -> list[Problem]:
-    seen: dict[str, Problem] = {}
-    for p in problems:
-        seen.setdefault(p.message, p)
-    return list(seen.values())

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Mapping
 
-from hotfolder import backends
-from hotfolder.config import FORMATS, JOB_DEFAULTS, MODE_STEPS, Config, ModelInfo
+from hotfolder.backends import choose
+from hotfolder.config import FORMATS, JOB_DEFAULTS, MODE_STEPS, SIZE_MULTIPLE, Config, ModelInfo
 from hotfolder.errors import JobInvalid, Problem
-from hotfolder.spool import is_ignored
+from hotfolder.job.names import JOB_FILE_SUFFIXES, is_ignored
 
 CacheMode = Literal["use", "off", "refresh"]
 
@@ -71,7 +71,6 @@ class JobSpec:
 
 # --- What a job file may hold --------------------------------------------------
 
-JOB_FILE_SUFFIXES = (".toml", ".txt")
 TOP_KEYS = (
     "prompt", "negative_prompt", "format", "mode", "duration", "fps", "seed", "steps", "width", "height",
     "priority", "cache", "backend", "model", "image", "audio", "output", "jobs",
@@ -158,7 +157,7 @@ def parse(path: Path, config: Config, *, preset: str | None = None, display_name
         if spec is not None:
             specs.append(spec)
     if problems:
-        raise JobInvalid(label, _unique(problems))
+        raise JobInvalid(label, problems)
     return specs
 
 
@@ -342,7 +341,7 @@ def _resolve(
             check.say("model", f"is not a known model{_did_you_mean(model_name, known) or '.'} "
                       f"The models are {', '.join(known)}; a path to a folder of weights also works")  # fmt: skip
     requested = check.choice("backend", BACKENDS) or "auto"
-    backend, why = backends.resolve(requested, model, config)
+    backend, why = choose.resolve(requested, model, config)
     if model is not None and not _runs_on(model, backend):
         other = "mlx" if backend == "diffusers" else "diffusers"
         check.bad("model", f"it has weights only for the {other} backend, and this job runs on {backend} ({why}); "
@@ -625,7 +624,7 @@ def _runs_on(model: ModelInfo, backend: str) -> bool:
 
 def _snap_size(key: str, value: int, backend: str, adjustments: list[str]) -> int:
     """Nearest multiple the backend accepts, ties upward, at least one multiple."""
-    multiple = backends.SIZE_MULTIPLE[backend]
+    multiple = SIZE_MULTIPLE[backend]
     snapped = max(multiple, (value + multiple // 2) // multiple * multiple)
     if snapped != value:
         adjustments.append(f"{key} {value} -> {snapped} ({backend} needs multiples of {multiple})")
@@ -744,11 +743,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _unique(problems: list[Problem]) -> list[Problem]:
-    """Each message once: a top-level mistake is found again in every [[jobs]] entry."""
-    seen: dict[str, Problem] = {}
-    for p in problems:
-        seen.setdefault(p.message, p)
-    return list(seen.values())

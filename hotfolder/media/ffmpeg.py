@@ -28,8 +28,10 @@ import numpy as np
 
 from hotfolder.errors import HotfolderError
 
+from hotfolder.media.fit import MIX_RATE, describe_fit, fit_audio
+
 if TYPE_CHECKING:
-    from hotfolder.backends import Clip
+    from hotfolder.media.clip import Clip
 
 ENCODE_TIMEOUT_S = 600.0  # one clip's MP4 encode; generous for 1280x704x121 on two slow cores
 TIMEOUT_S = 120.0  # GIF, thumbnail, probe
@@ -171,17 +173,6 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
         w.setsampwidth(2)
         w.setframerate(int(sample_rate))
         w.writeframes(pcm.T.tobytes())  # interleaved: (samples, channels) in C order
-
-
-def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
-    """Trim, or pad with silence, to exactly `num_samples`: the MP4's audio then ends with its
-    video, with no reliance on `-shortest` (which broke with much shorter audio)."""
-    channels, have = audio.shape
-    if have >= num_samples:
-        return audio[:, :num_samples]
-    out = np.zeros((channels, num_samples), dtype=np.float32)
-    out[:, :have] = audio
-    return out
 
 
 def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S) -> None:
@@ -512,17 +503,7 @@ def _damage(stderr: str) -> tuple[str, ...]:
 
 # --- soundtracks: voice-over and narration --------------------------------------------
 
-MIX_RATE = 48000  # the soundtrack's sample rate after a voice-over or narration
 DUCK = "threshold=0.03:ratio=8:attack=15:release=350"  # the bed drops ~15 dB while the voice speaks
-
-
-def describe_fit(source_s: float, target_s: float) -> str:
-    """How a soundtrack was fitted to the video, in words for the metadata and log."""
-    if abs(source_s - target_s) < 0.5 / MIX_RATE * 100:  # within ~1 ms: as long as the video
-        return f"as long as the video ({target_s:.2f} s)"
-    if source_s > target_s:
-        return f"trimmed from {source_s:.2f} s to the video's {target_s:.2f} s"
-    return f"padded with {target_s - source_s:.2f} s of silence to the video's {target_s:.2f} s"
 
 
 def _fit_chain(samples: int) -> str:

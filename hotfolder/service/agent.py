@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from hotfolder import fsutil
 from hotfolder.config import Config
-from hotfolder.daemon import STOP_GRACE_S
+from hotfolder.folders.status import STOP_GRACE_S
 from hotfolder.errors import HotfolderError, UsageError
 
 LABEL = "com.hotfolder.daemon"
@@ -37,7 +38,7 @@ EXIT_TIMEOUT_S = math.ceil(STOP_GRACE_S) + 7
 START_WAIT_S = 15.0  # after install: how long to wait for the daemon's first heartbeat in status.json
 # Agents do not read a shell profile: Homebrew (Apple Silicon, then Intel) and the system.
 BASE_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
-TEMPLATES = Path(__file__).resolve().parent.parent / "launchd"
+TEMPLATES = Path(__file__).resolve().parents[2] / "launchd"
 PBS = "/System/Library/CoreServices/pbs"  # refreshes the Services menu after a Quick Action changes
 
 
@@ -338,23 +339,6 @@ def render_quick_action(config: Config, host: Host, config_file: Path | None = N
 
 
 # -- files ---------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` (rename from a hidden temp file); False when it already held exactly that."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return True
-
-
 # -- status ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class AgentStatus:
@@ -460,7 +444,7 @@ def _install_launchd(config: Config, host: Host, config_file: Path | None, say: 
     data = render_plist(config, host, config_file=config_file)
     plistlib.loads(data)  # never write a file launchd would reject
     loaded = _launchd_print(host).returncode == 0
-    changed = write_atomic(host.plist_path, data)
+    changed = fsutil.write_if_changed(host.plist_path, data)
     if loaded and not changed:
         st = status(host)
         if st.running:
@@ -496,7 +480,7 @@ def restart(host: Host) -> int:
 
 # -- systemd -----------------------------------------------------------------------
 def _install_systemd(config: Config, host: Host, config_file: Path | None, say: Callable[[str], None]) -> None:
-    changed = write_atomic(host.unit_path, render_unit(config, host, config_file=config_file).encode())
+    changed = fsutil.write_if_changed(host.unit_path, render_unit(config, host, config_file=config_file).encode())
     before = status(host)
     if not changed and before.running:
         say(f"already installed and running (pid {before.pid}): {host.unit_path}")
@@ -514,7 +498,7 @@ def _install_systemd(config: Config, host: Host, config_file: Path | None, say: 
 def install(config: Config, host: Host, *, config_file: Path | None = None, fda_confirmed: bool = False,
             quick_action: bool = False, say: Callable[[str], None] = print) -> int:
     """Install (or update) the agent for this root; idempotent."""
-    from hotfolder.spool import Spool
+    from hotfolder.folders.spool import Spool
 
     interpreter(str(host.python))  # refuses a shim
     check_root_allowed(config, host, fda_confirmed=fda_confirmed)
@@ -542,13 +526,13 @@ def await_start(config: Config, host: Host, say: Callable[[str], None]) -> bool:
     This is the test of access from inside the agent: on macOS a root the agent's
     Python may not read shows up here, not in a terminal (which has its own permissions).
     """
-    from hotfolder.daemon import read_status
+    from hotfolder.folders import status as status_file
 
     deadline = host.clock() + START_WAIT_S
     while True:
         st = status(host)
-        daemon = (read_status(config.root) or {}).get("daemon") or {}
-        fresh = daemon.get("state") == "running" and time.time() - float(daemon.get("heartbeat_unix", 0)) < 10
+        seen = status_file.read(config.root)
+        daemon, fresh = seen.daemon, seen.alive
         if st.running and fresh and daemon.get("pid") == st.pid:
             say(f"the daemon is running (pid {st.pid}) and serving {config.root}")
             return True

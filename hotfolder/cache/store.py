@@ -1,12 +1,9 @@
-"""A content-addressed store of generated clips: identical requests skip the model.
+"""The store: a content-addressed folder of generated clips, so identical requests skip the model.
 
-The key (`cache_key`) is a SHA-256 over a canonical, versioned JSON encoding of
-everything that changes the pixels or samples (spec section 5). Post-processing
-(external audio, TTS, GIF, thumbnail, output name) is not in it: a hit stores the
-clip *before* post-processing, and the daemon post-processes the delivered copy.
-
-This module imports no backend (no torch, diffusers, mlx, not even
-huggingface_hub): a hit costs a few stats and a clone.
+Keys come from `cache/key.py`. This module imports no backend (no torch,
+diffusers, mlx, not even huggingface_hub): a hit costs a few stats and a clone.
+The file primitives it stands on (flocked small files, clones, swaps, fsync) live
+in `hotfolder/fsutil.py`.
 
 Layout under the cache root::
 
@@ -62,26 +59,18 @@ import re
 import secrets
 import shutil
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import structlog
 
-if TYPE_CHECKING:  # attribute access only: a hit imports neither (nor what they import)
-    from hotfolder.config import ModelInfo
-    from hotfolder.spec import JobSpec
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not a supported platform (no flock, no FICLONE)
-    fcntl = None  # type: ignore[assignment]
+from hotfolder import fsutil
+from hotfolder.fsutil import fcntl
 
 log = structlog.get_logger("hotfolder.cache")
 
-KEY_SCHEMA = 2  # bump when the key's encoding, its fields, or what a mode generates changes (2: two-stage production)
 MANIFEST_SCHEMA = 1
 VIDEO = "video.mp4"
 MANIFEST = "manifest.json"
@@ -95,147 +84,8 @@ TRASH = ".trash"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1024 * 1024
-_FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 _STALE_UNLOCKED_S = 3600.0  # a temp dir without its lock file (crash between mkdir steps)
-
-
-# --------------------------------------------------------------------------- key
-
-
-def cache_key(
-    spec: JobSpec,
-    model: ModelInfo,
-    *,
-    model_identity: str,
-    attachments: Mapping[str, str] = {},  # noqa: B006 - read only
-    extra: Mapping[str, Any] = {},  # noqa: B006 - read only
-) -> str:
-    """The SHA-256 hex key of everything in `spec` that changes the pixels or samples.
-
-    `model_identity` comes from `model_identity()` (weights revision or digest);
-    `attachments` maps each conditioning attachment's role (e.g. "image", "audio")
-    to the SHA-256 hex of its bytes (`file_sha256`); `extra` carries any other
-    generation input the JobSpec grows (e.g. {"image_strength": 1.0}), JSON scalars.
-    Not in the key: output name, gif, thumbnail, priority, source, preset, format
-    and duration (their effect is in width/height/num_frames), external audio / TTS.
-    """
-    digests: dict[str, str] = {}
-    for name, digest in attachments.items():
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest.lower()):
-            raise ValueError(f"attachment {name!r}: {digest!r} is not a SHA-256 hex digest")
-        digests[str(name)] = digest.lower()
-    for name, value in extra.items():
-        if not (value is None or isinstance(value, (str, int, float, bool))):
-            raise TypeError(f"extra {name!r}: {value!r} is not a JSON scalar")
-    payload = {
-        "v": KEY_SCHEMA,
-        "backend": spec.backend,
-        "model": model_identity,
-        "prompt": spec.prompt,
-        "negative_prompt": spec.negative_prompt,
-        "width": int(spec.width),
-        "height": int(spec.height),
-        "num_frames": int(spec.num_frames),
-        "fps": float(spec.fps),  # 24 and 24.0 are one key
-        "steps": int(spec.steps),
-        "guidance": float(model.guidance),
-        "seed": int(spec.seed),
-        "mode": spec.mode,
-        # A model without an audio branch makes the same clip either way.
-        "generate_audio": bool(spec.generate_audio and model.has_audio),
-        "attachments": digests,
-        "extra": {str(k): (float(v) if isinstance(v, float) else v) for k, v in extra.items()},
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def reads_cache(spec: JobSpec) -> bool:
-    """Whether a job may be served from the cache (a drawn "random" seed never is)."""
-    return spec.cache == "use" and not spec.seed_random
-
-
-def writes_cache(spec: JobSpec) -> bool:
-    """Whether a job's result is stored ("refresh" replaces the entry)."""
-    return spec.cache != "off"
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex of a file's bytes (for conditioning attachments)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def model_identity(model: ModelInfo, backend: str, *, hub_cache: Path | None = None) -> str:
-    """What identifies the weights `backend` will load for `model`; offline, never downloads.
-
-    - tiny: `name@revision` (`builtin` when the table gives none; bump the revision
-      whenever the code that builds the tiny weights changes).
-    - a local folder: `local:<digest>` of its files' relative paths, sizes and mtimes
-      (hidden names such as .DS_Store and .cache/ skipped; no file is read).
-    - a hub model: `repo@<commit>` as the local Hugging Face cache resolves the
-      revision (`refs/<revision>`); falls back to `repo@<revision or main>` when the
-      repo is not in the cache. For MLX the text-encoder repo is appended with `+`.
-    """
-    if model.tiny:
-        return f"{model.name}@{model.revision or 'builtin'}"
-    if model.local_path:
-        return f"local:{_folder_digest(Path(model.local_path).expanduser())}"
-    repos = [model.mlx_repo, model.mlx_text_encoder_repo] if backend == "mlx" else [model.diffusers_repo]
-    repos = [r for r in repos if r]
-    if not repos:
-        return f"{model.name}@{model.revision or 'main'}"
-    cache = hub_cache if hub_cache is not None else hub_cache_dir()
-    parts = []
-    for i, repo in enumerate(repos):
-        revision = model.revision if i == 0 else None  # the revision pins the main repo only
-        parts.append(f"{repo}@{_hub_snapshot(cache, repo, revision)}")
-    return "+".join(parts)
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, resolved as huggingface_hub does (without importing it)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def _hub_snapshot(cache: Path, repo: str, revision: str | None) -> str:
-    revision = revision or "main"
-    if _COMMIT.fullmatch(revision):
-        return revision
-    ref = cache / ("models--" + repo.replace("/", "--")) / "refs" / revision
-    try:
-        commit = ref.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return revision
-    return commit if _COMMIT.fullmatch(commit) else revision
-
-
-def _folder_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            try:
-                st = os.stat(path)  # follows links: an HF snapshot folder is links to blobs
-                rows.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}")
-            except OSError:
-                rows.append(f"{rel}\0broken")
-    for row in sorted(rows):
-        h.update(row.encode("utf-8", "surrogateescape") + b"\n")
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------- store
@@ -341,7 +191,7 @@ class ResultCache:
             dst = tmp / VIDEO
             size, digest = _ingest(Path(video), dst, link=link)
             os.chmod(dst, 0o444)
-            _fsync_path(dst)
+            fsutil.fsync_path(dst)
             created = float(self.clock())
             manifest: dict[str, Any] = {
                 "schema": MANIFEST_SCHEMA,
@@ -351,12 +201,12 @@ class ResultCache:
                 "meta": meta,
             }
             manifest["checksum"] = _manifest_checksum(manifest)
-            _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
-            _write_file(tmp / USED, b"", mode=0o644)
-            _write_file(tmp / VERIFIED, b"", mode=0o644)  # stamps, filled in by the first get
+            fsutil.write_new(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
+            fsutil.write_new(tmp / USED, b"", mode=0o644)
+            fsutil.write_new(tmp / VERIFIED, b"", mode=0o644)  # stamps, filled in by the first get
             ns = _ns(created)
             os.utime(tmp / USED, ns=(ns, ns))
-            _fsync_path(tmp)
+            fsutil.fsync_path(tmp)
             final = self._entry_dir(key)
             final.parent.mkdir(exist_ok=True)
             self._install(tmp, final)
@@ -377,13 +227,13 @@ class ResultCache:
         dest = Path(dest)
         if os.path.lexists(dest):
             raise FileExistsError(errno.EEXIST, "destination exists", str(dest))
-        if _clone(src, dest):
+        if fsutil.clone(src, dest):
             return "clone"
         if allow_hardlink:
             method = self._hardlink(entry, src, dest)
             if method:
                 return method
-        _copy(src, dest, fsync=fsync)
+        fsutil.copy_file(src, dest, durable=fsync)
         return "copy"
 
     def prune(self) -> PruneResult:
@@ -474,14 +324,14 @@ class ResultCache:
 
     def _read_stamps(self, dfd: int) -> dict[str, list]:
         try:
-            data = json.loads(_locked_read(VERIFIED, dir_fd=dfd))
+            data = json.loads(fsutil.locked_read(VERIFIED, dir_fd=dfd))
         except (OSError, ValueError, UnicodeDecodeError):
             return {}  # missing or torn: the files are hashed again, never trusted
         return data if isinstance(data, dict) else {}
 
     def _write_stamps(self, dfd: int, stamps: Mapping[str, list]) -> None:
         try:
-            _locked_update(VERIFIED, lambda _old: json.dumps(stamps).encode(), dir_fd=dfd)
+            fsutil.locked_update(VERIFIED, lambda _old: json.dumps(stamps).encode(), dir_fd=dfd)
         except OSError as e:  # a read-only cache still serves; it just re-hashes next time
             log.debug("cache stamp not written", error=str(e))
 
@@ -564,13 +414,13 @@ class ResultCache:
         for _ in range(10):
             try:
                 os.rename(tmp, final)  # atomic; replaces nothing but an empty dir
-                _fsync_path(final.parent)
+                fsutil.fsync_path(final.parent)
                 return
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-            if _exchange(tmp, final):  # tmp now holds the old entry, removed by _staging
-                _fsync_path(final.parent)
+            if fsutil.exchange(tmp, final):  # tmp now holds the old entry, removed by _staging
+                fsutil.fsync_path(final.parent)
                 return
             self._remove_dir(final)  # no atomic swap here: a brief miss, never a mix
         raise OSError(errno.EBUSY, "cache entry kept being replaced by another writer", str(final))
@@ -600,16 +450,16 @@ class ResultCache:
 
     def _scan(self) -> list[_Scan]:
         out = []
-        for prefix in _listdir(self.root):
+        for prefix in fsutil.listdir(self.root):
             if not _HEX2.fullmatch(prefix):
                 continue
-            for key in _listdir(self.root / prefix):
+            for key in fsutil.listdir(self.root / prefix):
                 if not (_HEX64.fullmatch(key) and key.startswith(prefix)):
                     continue
                 path = self.root / prefix / key
                 size, used = 0, None
                 fallback = 0
-                for name in _listdir(path):
+                for name in fsutil.listdir(path):
                     try:
                         st = os.stat(path / name, follow_symlinks=False)
                     except OSError:
@@ -626,13 +476,13 @@ class ResultCache:
         """Remove puts whose writer is gone (its flock released) and anything left in .trash."""
         tmpdir = self.root / TMP
         removed = 0
-        names = set(_listdir(tmpdir))
+        names = set(fsutil.listdir(tmpdir))
         for name in names:
             if name.endswith(".lock") or name.startswith("."):
                 continue
             lock_name = f"{name}.lock"
             if lock_name in names:
-                if not _lock_is_free(tmpdir / lock_name):
+                if not fsutil.lock_is_free(tmpdir / lock_name):
                     continue  # a live writer
             else:
                 # The lock file is made before the dir and removed after it, so a dir
@@ -641,21 +491,21 @@ class ResultCache:
                     age = time.time() - os.stat(tmpdir / name, follow_symlinks=False).st_mtime
                 except OSError:
                     continue
-                if age < _STALE_UNLOCKED_S and _pid_alive(name):
+                if age < _STALE_UNLOCKED_S and _writer_alive(name):
                     continue
-            _rmtree(tmpdir / name)
+            fsutil.remove_tree(tmpdir / name)
             with contextlib.suppress(OSError):
-                if lock_name in names and _lock_is_free(tmpdir / lock_name):
+                if lock_name in names and fsutil.lock_is_free(tmpdir / lock_name):
                     os.unlink(tmpdir / lock_name)
             removed += 1
             log.info("cache: removed an abandoned put", temp=name)
         for name in names:  # lock files whose dir is already gone
             if name.endswith(".lock") and name[: -len(".lock")] not in names:
                 with contextlib.suppress(OSError):
-                    if _lock_is_free(tmpdir / name):
+                    if fsutil.lock_is_free(tmpdir / name):
                         os.unlink(tmpdir / name)
-        for name in _listdir(self.root / TRASH):
-            _rmtree(self.root / TRASH / name)
+        for name in fsutil.listdir(self.root / TRASH):
+            fsutil.remove_tree(self.root / TRASH / name)
         return removed
 
     def _remove_dir(self, path: Path) -> None:
@@ -667,7 +517,7 @@ class ResultCache:
             return
         except OSError:
             trash = path
-        _rmtree(trash)
+        fsutil.remove_tree(trash)
 
     def _entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -693,7 +543,7 @@ class ResultCache:
 
     def _read_counters(self) -> dict[str, int]:
         try:
-            return _parse_counters(_locked_read(self.root / STATS))
+            return _parse_counters(fsutil.locked_read(self.root / STATS))
         except OSError:
             return _parse_counters(b"")
 
@@ -705,7 +555,7 @@ class ResultCache:
             return json.dumps({"v": 1, **counters}).encode()
 
         try:
-            _locked_update(self.root / STATS, update)
+            fsutil.locked_update(self.root / STATS, update)
         except OSError as e:
             log.debug("cache stats not written", error=str(e))
 
@@ -776,40 +626,8 @@ def _parse_counters(raw: bytes) -> dict[str, int]:
     return out
 
 
-def _locked_read(path: Path | str, *, dir_fd: int | None = None) -> bytes:
-    """A small file's bytes, read under a shared flock (see `_locked_update`)."""
-    fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        chunks = []
-        offset = 0
-        while chunk := os.pread(fd, 65536, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
-def _locked_update(path: Path | str, update: Callable[[bytes], bytes], *, dir_fd: int | None = None) -> None:
-    """Rewrite a small file in place under an exclusive flock: no new file per write."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        old = b""
-        while chunk := os.pread(fd, 65536, len(old)):
-            old += chunk
-        new = update(old)
-        view = memoryview(new)
-        offset = 0
-        while offset < len(new):
-            offset += os.pwrite(fd, view[offset:], offset)
-        if len(old) != len(new):
-            os.ftruncate(fd, len(new))
-    finally:
-        os.close(fd)
 
 
 def _stamp(st: os.stat_result, sha256: str) -> list:
@@ -826,79 +644,18 @@ def _read_at(dfd: int, name: str) -> bytes:
         return f.read()
 
 
-def _listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
-def _rmtree(path: Path) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
-def _lock_is_free(path: Path) -> bool:
-    """True when nobody holds the flock on `path` (its writer exited or was killed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-    finally:
-        os.close(fd)
 
 
-def _pid_alive(name: str) -> bool:
-    try:
-        pid = int(name.split("-", 1)[0])
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync(fd: int) -> None:
-    full = getattr(fcntl, "F_FULLFSYNC", None) if fcntl else None
-    if full is not None:  # macOS: fsync alone does not flush the drive's cache
-        try:
-            fcntl.fcntl(fd, full)
-            return
-        except OSError:
-            pass
-    os.fsync(fd)
 
 
-def _write_file(path: Path, data: bytes, *, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        _fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, mode)
 
 
 def _ingest(src: Path, dst: Path, *, link: bool) -> tuple[int, str]:
@@ -914,7 +671,7 @@ def _ingest(src: Path, dst: Path, *, link: bool) -> tuple[int, str]:
             os.chmod(dst, 0o444)
             with open(dst, "rb") as f:
                 return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
-    if _clone(src, dst):
+    if fsutil.clone(src, dst):
         with open(dst, "rb") as f:  # hash what landed in the cache
             return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
     h = hashlib.sha256()
@@ -934,137 +691,24 @@ def _ingest(src: Path, dst: Path, *, link: bool) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _clone(src: Path, dst: Path) -> bool:
-    """A copy-on-write clone of `src` at a new `dst`; False (and nothing at `dst`) where unsupported."""
-    if sys.platform == "darwin":
-        return _clonefile(src, dst)
-    if fcntl is None or not sys.platform.startswith("linux"):
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that named a temp folder "<pid>-<token>" still runs."""
+    try:
+        return fsutil.pid_alive(int(temp_name.split("-", 1)[0]))
+    except ValueError:
         return False
-    try:
-        sfd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "no such file", str(src)) from None
-    try:
-        sst = os.fstat(sfd)
-        if not stat.S_ISREG(sst.st_mode):
-            return False
-        pair = (sst.st_dev, os.stat(dst.parent).st_dev)
-        if pair in _NO_CLONE_PAIRS:
-            return False  # known: this filesystem (pair) cannot clone; skip the create/unlink
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            fcntl.ioctl(dfd, _FICLONE, sfd)
-        except OSError as e:
-            os.close(dfd)
-            os.unlink(dst)
-            if e.errno in _NO_CLONE:
-                _NO_CLONE_PAIRS.add(pair)
-                return False
-            raise
-        os.close(dfd)
-        return True
-    finally:
-        os.close(sfd)
-
-
-_NO_CLONE_PAIRS: set[tuple[int, int]] = set()  # (source device, destination device)
-
-
-_NO_CLONE = {
-    errno.EOPNOTSUPP,
-    errno.ENOTSUP,
-    errno.ENOTTY,
-    errno.EXDEV,
-    errno.EINVAL,
-    errno.EBADF,
-    errno.ENOSYS,
-    errno.EPERM,
-}
-
-_libsystem: Any = None
-
-
-def _clonefile(src: Path, dst: Path) -> bool:
-    import ctypes
-
-    global _libsystem
-    try:
-        if _libsystem is None:
-            _libsystem = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
-        fn = _libsystem.clonefile
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32]
-    fn.restype = ctypes.c_int
-    if fn(os.fsencode(src), os.fsencode(dst), 0x0001) == 0:  # CLONE_NOFOLLOW
-        os.chmod(dst, 0o666 & ~_umask())  # clonefile copies the source's 0o444
-        return True
-    err = ctypes.get_errno()
-    if err == errno.EEXIST:
-        raise FileExistsError(err, os.strerror(err), str(dst))
-    if err == errno.ENOENT and not os.path.exists(src):
-        raise FileNotFoundError(err, os.strerror(err), str(src))
-    return False
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _copy(src: Path, dst: Path, *, fsync: bool) -> None:
-    sfd = os.open(src, os.O_RDONLY)
-    try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            done = False
-            if hasattr(os, "copy_file_range"):
-                try:
-                    while os.copy_file_range(sfd, dfd, 1 << 30):
-                        pass
-                    done = True
-                except OSError as e:
-                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
-                        raise
-                    os.ftruncate(dfd, 0)
-                    os.lseek(sfd, 0, os.SEEK_SET)
-                    os.lseek(dfd, 0, os.SEEK_SET)
-            if not done:
-                with open(sfd, "rb", closefd=False) as fin, open(dfd, "wb", closefd=False) as fout:
-                    shutil.copyfileobj(fin, fout, _CHUNK)
-            if fsync:
-                _fsync(dfd)
-        except BaseException:
-            os.close(dfd)
-            with contextlib.suppress(OSError):
-                os.unlink(dst)
-            raise
-        os.close(dfd)
-    finally:
-        os.close(sfd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths; False where the OS cannot."""
-    import ctypes
-
-    try:
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.renameat2
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-            at_fdcwd, rename_exchange = -100, 2
-            ok = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-        elif sys.platform == "darwin":
-            libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
-            fn = libc.renamex_np
-            fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-            ok = fn(os.fsencode(a), os.fsencode(b), 0x2) == 0  # RENAME_SWAP
-        else:
-            return False
-    except (OSError, AttributeError):
-        return False
-    return ok  # on failure (unsupported, or the old entry went away) the caller falls back

@@ -56,7 +56,7 @@ from hotfolder.errors import BackendError, HotfolderError, JobInvalid, Problem, 
 
 if TYPE_CHECKING:
     from hotfolder.config import Config, ModelInfo
-    from hotfolder.spec import JobSpec
+    from hotfolder.job.spec import JobSpec
 
 PACKAGE = "mlx-video-with-audio"
 PINNED_VERSION = "0.1.37"
@@ -485,7 +485,7 @@ class MlxBackend:
             **image_info,
         }
         if p.paths.tiny:
-            from hotfolder.backends.tiny_mlx import LABEL
+            from hotfolder.backends.mlx.tiny import LABEL
 
             info["tiny"] = True
             info["warning"] = LABEL
@@ -499,8 +499,7 @@ class _TinyFolder:
 
     def build(self) -> Path:
         if self.path is None:
-            from hotfolder.backends import tiny_mlx
-
+            from hotfolder.backends.mlx import tiny as tiny_mlx
             self.path = tiny_mlx.build(Path(tempfile.mkdtemp(prefix="hotfolder-tiny-mlx-")))
         return self.path
 
@@ -773,8 +772,7 @@ def fit_audio(waveform: np.ndarray, duration: float, sample_rate: int) -> tuple[
 
 def _resolve(model: ModelInfo, *, tiny_dir: Path | None = None) -> _Paths:
     """Find the model's folders without network; WeightsMissing (fast) when absent."""
-    from hotfolder.backends import tiny_mlx
-
+    from hotfolder.backends.mlx import tiny as tiny_mlx
     hint = f"Run: hotfolder models pull {model.name}"
     if model.tiny:
         assert tiny_dir is not None, "the backend builds the tiny model before resolving it"
@@ -909,8 +907,7 @@ def transformer_config(model_dir: Path) -> dict[str, Any]:
     from mlx_video.generate_av import AUDIO_LATENT_CHANNELS, AUDIO_MEL_BINS
     from mlx_video.models.ltx.config import LTXModelType, LTXRopeType
 
-    from hotfolder.backends import tiny_mlx
-
+    from hotfolder.backends.mlx import tiny as tiny_mlx
     t_cfg = _read_json(model_dir / "embedded_config.json").get("transformer", {})
     first = t_cfg.get("caption_projection_first_linear", True)
     second = t_cfg.get("caption_projection_second_linear", True)

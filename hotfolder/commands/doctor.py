@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
 from hotfolder.config import Config, ModelInfo
-from hotfolder.models import GB, ModelState, backend_for, free_bytes, gb, model_state
+from hotfolder.commands.models import GB, ModelState, backend_for, free_bytes, gb, model_state
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_PYTHON = (3, 11)
@@ -65,7 +64,7 @@ def _device(backend: str) -> tuple[str, str, str]:
     """(status, device, why) for a backend; imports torch or mlx, which is what a device check costs."""
     if backend == "mlx":
         try:
-            from hotfolder.backends import mlx_av
+            from hotfolder.backends.mlx import backend as mlx_av
         except ImportError as e:
             return FAIL, "none", f"this hotfolder has no MLX backend ({e})"
         ok, why = mlx_av.available()
@@ -82,8 +81,7 @@ def _device(backend: str) -> tuple[str, str, str]:
 
 
 def _agent_status(config: Config):
-    from hotfolder import agent
-
+    from hotfolder.service import agent
     return agent.status(agent.Host.current())
 
 
@@ -131,10 +129,10 @@ def check_packages(p: Probes) -> Check:
 
 def check_backend(config: Config, p: Probes) -> tuple[Check, str]:
     """The backend jobs that say `auto` get for the default model, why, and on which device."""
-    from hotfolder import backends
+    from hotfolder.backends import choose
 
     model = config.model_info(config.model)
-    name, why = backends.resolve("auto", model, config)
+    name, why = choose.resolve("auto", model, config)
     missing = [d for d in BACKEND_PACKAGES.get(name, ()) if p.version(d) is None]
     if missing:
         extra = "pip install -e '.[diffusers]'" if name == "diffusers" else "pip install 'mlx-video-with-audio'"
@@ -203,10 +201,10 @@ def check_ffmpeg(p: Probes) -> Check:
 
 
 def check_disk(config: Config, p: Probes, backend: str) -> list[Check]:
-    from hotfolder.cache import hub_cache_dir
+    from hotfolder import weights
 
     checks = []
-    hub = p.hub_cache or hub_cache_dir()
+    hub = p.hub_cache or weights.hub_cache()
     model = config.model_info(config.model)
     free = p.disk_free(hub)
     if model is not None and not model.tiny and not model.local_path and model.size_gb:
@@ -235,7 +233,7 @@ def check_disk(config: Config, p: Probes, backend: str) -> list[Check]:
 
 
 def check_root(config: Config, p: Probes) -> Check:
-    from hotfolder.agent import full_disk_access_hint, protected_location
+    from hotfolder.service.agent import full_disk_access_hint, protected_location
 
     root = config.root
     where = protected_location(root, p.home) if p.platform == "darwin" else None
@@ -261,14 +259,13 @@ def check_root(config: Config, p: Probes) -> Check:
 
 
 def check_agent(config: Config, p: Probes) -> Check:
-    from hotfolder.daemon import read_status
+    from hotfolder.folders import status as status_file
 
     if p.agent is None:
         return Check("agent", OK, "not checked")
     st = p.agent(config)
-    daemon = (read_status(config.root) or {}).get("daemon") or {}
-    age = time.time() - float(daemon.get("heartbeat_unix", 0) or 0)
-    alive = daemon.get("state") == "running" and age < 10
+    seen = status_file.read(config.root)
+    daemon, alive, age = seen.daemon, seen.alive, seen.age_s or 0.0
     beat = f"; daemon heartbeat {age:.0f} s ago (pid {daemon.get('pid')})" if alive else ""
     manager = getattr(st, "manager", "none")
     if manager == "none":

@@ -1,27 +1,20 @@
 """`hotfolder status`: what the daemon is doing, read from status.json (never from the daemon itself).
 
-The daemon rewrites status.json atomically every couple of seconds; a heartbeat
-older than STALE_S means it is not running (or is hung), and we say so.
+Whether the daemon is alive is `folders/status.py`'s rule (a fresh heartbeat), the
+same one `submit --wait`, `agent install` and `doctor` use.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 from hotfolder.config import Config
-from hotfolder.daemon import read_status
-
-STALE_S = 10.0
+from hotfolder.folders import status as status_file
 
 
 def show_status(config: Config, *, as_json: bool = False) -> int:
-    status = read_status(config.root)
-    alive = False
-    age = None
-    if status is not None:
-        age = time.time() - status["daemon"].get("heartbeat_unix", 0)
-        alive = status["daemon"].get("state") == "running" and age < STALE_S
+    seen = status_file.read(config.root)
+    status, alive, age = seen.status, seen.alive, seen.age_s
     if as_json:
         print(json.dumps({"alive": alive, "heartbeat_age_s": age, "status": status}, indent=2))
         return 0

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from hotfolder import log
 from hotfolder.config import Config
-from hotfolder.daemon import Daemon
+from hotfolder.daemon.daemon import Daemon
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs"
 FALLBACK_JOBS = {
     "lake.toml": 'prompt = "A wide aerial shot of a mountain lake at golden hour, camera slowly descending"\n',
     "tiktok/street-food.txt": "A close-up of sizzling street food at night, steam rising, neon reflections\n",

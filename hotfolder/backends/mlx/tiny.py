@@ -191,7 +191,7 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
     """
     import mlx_video.generate_av as gav
 
-    from hotfolder.backends.mlx_av import apply_rms_norm_fix
+    from hotfolder.backends.mlx.backend import apply_rms_norm_fix
 
     arch = json.loads((Path(model_dir) / ARCH_FILE).read_text(encoding="utf-8"))["transformer"]
     original_config, original_mux = gav.LTXModelConfig, gav.mux_video_audio

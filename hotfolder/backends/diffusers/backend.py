@@ -12,7 +12,7 @@ never downloading), `generate()` many times, `close()` to give the memory back.
   modules (`cls(**pipe.components)`: the same weights, never a second copy), the image
   fitted to each stage's size by cover + centre-crop.
 
-The `tiny` models are built in code by `hotfolder.backends.tiny` (their output is
+The `tiny` models are built in code by `hotfolder.backends.diffusers.tiny` (their output is
 noise). torch and diffusers are imported inside functions, so importing this
 module stays cheap until `load()`.
 """
@@ -33,7 +33,7 @@ from hotfolder.errors import BackendError, HotfolderError, WeightsMissing
 
 if TYPE_CHECKING:
     from hotfolder.config import Config, ModelInfo
-    from hotfolder.spec import JobSpec
+    from hotfolder.job.spec import JobSpec
 
 OOM_HINT = 'try mode = "preview", a shorter duration, or a smaller size'
 
@@ -156,8 +156,7 @@ class DiffusersBackend:
         device = pick_device()
         dtype = pick_dtype(device, self.model.tiny)
         if source is None:
-            from hotfolder.backends import tiny
-
+            from hotfolder.backends.diffusers import tiny
             pipe = tiny.build_ltx2_pipeline() if self.model.family == "ltx2" else tiny.build_ltx_pipeline()
         else:
             pipe = self._from_pretrained(source, dtype)
@@ -342,7 +341,7 @@ class DiffusersBackend:
         info["steps"] = sum(stage["steps"] for stage in info["stages"])
         info["steps_requested"] = spec.steps
         if self.model.tiny:
-            from hotfolder.backends.tiny import TINY_VERSION
+            from hotfolder.backends.diffusers.tiny import TINY_VERSION
 
             info["tiny_version"] = TINY_VERSION
         if self.offload:
@@ -597,8 +596,7 @@ class DiffusersBackend:
         from diffusers import LTX2LatentUpsamplePipeline
 
         if self.model.tiny:
-            from hotfolder.backends import tiny
-
+            from hotfolder.backends.diffusers import tiny
             upsampler, source = tiny.build_ltx2_latent_upsampler(), "built in code (tiny)"
         else:
             folder = self._upsampler_folder()

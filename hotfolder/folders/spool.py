@@ -17,33 +17,22 @@ threads; the clock is injected so tests can step time.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
 import secrets
 import shutil
 import signal
 import stat
 import time
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hotfolder.config import Config
-from hotfolder.errors import JobInvalid, Problem, UsageError
+from hotfolder.errors import UsageError
+from hotfolder.fsutil import read_json, write_json_atomic
+from hotfolder.job.names import free_paths, is_dataless, is_ignored, is_job_file_name
 
-# Names a person, a sync client or an OS writes while a file is not ready (or never a job).
-IGNORED_PATTERNS = (
-    ".*",  # hidden: .DS_Store, ._x, .x.icloud placeholders, .syncthing.x.tmp, our own .incoming
-    "*.tmp",
-    "*.part",
-    "*.crdownload",
-    "*.download",
-    "~$*",
-    "Icon\r",
-)
-UF_DATALESS = 0x40000000  # macOS: the file's data is not on this machine yet (iCloud)
+CANCEL_MARKER = "cancel"  # processing/<job>/cancel: `hotfolder cancel` asks the daemon to stop this job
 
 # Fault injection for the crash tests: SIGKILL this process at the named point. Read
 # once, here, because the points are exactly where no outside timing can reach.
@@ -53,65 +42,6 @@ _CRASH_AT = os.environ.get("HOTFOLDER_CRASH_AT", "")
 def crash_point(name: str) -> None:
     if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# The names sync clients give the second version of a file changed in two places at once.
-# iCloud's "NAME 2" is left out: it is also how people number their own files.
-_CONFLICT_PATTERNS = (
-    re.compile(r"^(?P<stem>.+?) \([^()]*conflicted copy[^()]*?(?: \(\d+\))?\)(?P<ext>\.[^.]*)?$"),  # Dropbox
-    re.compile(r"^(?P<stem>.+?)\.sync-conflict-\d{8}-\d{6}-[0-9A-Z]{7}(?P<ext>\.[^.]*)?$"),  # Syncthing
-)
-
-
-def sync_conflict_of(name: str) -> str | None:
-    """The original's name when `name` is a Dropbox or Syncthing conflict copy, else None."""
-    for pattern in _CONFLICT_PATTERNS:
-        m = pattern.match(name)
-        if m:
-            return m["stem"] + (m["ext"] or "")
-    return None
-
-
-def is_ignored(name: str) -> bool:
-    """True for names that are never jobs and never touched."""
-    return any(fnmatch(name, pattern) for pattern in IGNORED_PATTERNS)
-
-
-def job_file_in_folder(folder: Path, label: str) -> Path:
-    """A folder job holds exactly one .toml or .txt job file."""
-    files = sorted(p for p in folder.iterdir() if not is_ignored(p.name) and p.suffix.lower() in (".toml", ".txt"))
-    if len(files) != 1:
-        found = ", ".join(p.name for p in files) or "none"
-        raise JobInvalid(
-            label,
-            [Problem(f"a job folder must hold exactly one .toml or .txt job file; found {len(files)} ({found})")],
-        )
-    return files[0]
-
-
-def is_dataless(st: os.stat_result) -> bool:
-    return bool(getattr(st, "st_flags", 0) & UF_DATALESS)
-
-
-def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write JSON so a reader sees the old or the new file, never half of one.
-
-    `durable` also fsyncs before the rename: for the journal (job.json), not for
-    status and progress files, which are rewritten constantly and rebuilt after a crash.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def timestamp(wall: float | None = None) -> str:
@@ -128,16 +58,13 @@ class Candidate:
     is_link: bool = False
 
 
-JOB_FILE_SUFFIXES = (".toml", ".txt")
-
-
 def is_loose_file(c: Candidate) -> bool:
     """A plain file dropped straight into the inbox (or a preset folder): not a folder, not a link."""
     return not c.is_link and c.path.is_file()
 
 
 def is_job_file(c: Candidate) -> bool:
-    return c.path.suffix.lower() in JOB_FILE_SUFFIXES
+    return is_job_file_name(c.path.name)
 
 
 def may_be_attachment(c: Candidate) -> bool:
@@ -213,6 +140,38 @@ class Job:
 
     def save(self) -> None:
         write_json_atomic(self.folder / "job.json", self.record())
+
+    @classmethod
+    def from_record(cls, folder: Path, rec: dict[str, Any]) -> Job:
+        """The job as its journal (`job.json`) records it: recovery, cancel and retry all read it so."""
+        return cls(
+            job_id=rec["job_id"],
+            folder=folder,
+            source=rec["source"],
+            preset=rec.get("preset"),
+            arrival=rec.get("arrival", 0.0),
+            seq=rec.get("seq", 0),
+            attempts=rec.get("attempts", []),
+            delivering=rec.get("delivering", {}),
+            done=rec.get("done", {}),
+            attachments=rec.get("attachments", []),
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Job | None:
+        """The job journalled in `folder`, or None when job.json is missing or unreadable."""
+        try:
+            rec = read_json(folder / "job.json")
+            return cls.from_record(folder, rec)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.folder / CANCEL_MARKER).exists()
+
+    def request_cancel(self, by: str) -> None:
+        write_json_atomic(self.folder / CANCEL_MARKER, {"requested_by": by, "pid": os.getpid()})
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -440,27 +399,10 @@ class Spool:
             if is_ignored(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
             folder = Path(entry.path)
-            try:
-                rec = read_json(folder / "job.json")
-            except (OSError, ValueError):
-                rec = None
-            if rec is None or not (folder / "input" / rec["source"]).exists() and not (
-                folder / "input" / rec["source"]
-            ).is_symlink():
+            job = Job.load(folder)
+            if job is None or not os.path.lexists(job.input_path):
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            job = Job(
-                job_id=rec["job_id"],
-                folder=folder,
-                source=rec["source"],
-                preset=rec.get("preset"),
-                arrival=rec.get("arrival", 0.0),
-                seq=rec.get("seq", 0),
-                attempts=rec.get("attempts", []),
-                delivering=rec.get("delivering", {}),
-                done=rec.get("done", {}),
-                attachments=rec.get("attachments", []),
-            )
             self._claim_attachments(job)  # a crash between the job file's rename and its attachments'
             for index, name in list(job.delivering.items()):
                 if index not in job.done and self._delivered_by(job, name):
@@ -537,24 +479,6 @@ class Spool:
         shutil.rmtree(job.folder, ignore_errors=True)
 
 
-def free_paths(folder: Path, stem: str, suffix: str = "") -> Iterator[Path]:
-    """folder/<stem><suffix>, then "<stem> 2<suffix>", "<stem> 3<suffix>", ...: those not taken (never overwrite)."""
-    for n in range(1, 10_000):
-        target = folder / (f"{stem}{suffix}" if n == 1 else f"{stem} {n}{suffix}")
-        if not os.path.lexists(target):
-            yield target
-
-
-def free_name(folder: Path, name: str) -> Path:
-    """A free path for a job file or folder: "lake.toml" -> "lake 2.toml"; a folder "lake.v2" -> "lake.v2 2"."""
-    path = Path(name)
-    stem, suffix = (path.stem, path.suffix) if path.suffix.lower() in (".toml", ".txt") else (name, "")
-    target = next(free_paths(folder, stem, suffix), None)
-    if target is None:
-        raise UsageError(f"no free name for {name} in {folder}: move some files out of it.")
-    return target
-
-
 def _rename_to_free(src: Path, folder: Path, base: str, *, before: Callable[[Path], None] | None = None) -> Path:
     """Move `src` to folder/base (or "base 2", ...) with one rename; a name taken meanwhile is skipped."""
     for target in free_paths(folder, base):
@@ -568,6 +492,12 @@ def _rename_to_free(src: Path, folder: Path, base: str, *, before: Callable[[Pat
             raise
         return target
     raise UsageError(f"no free name for {base} in {folder}: move some results out of it.")
+
+
+def cancelled_error(by: str) -> dict[str, Any]:
+    """The failure record of a cancelled job (error.json)."""
+    return {"status": "cancelled", "kind": "cancelled", "message": f"cancelled by {by}",
+            "hint": "To run it after all: `hotfolder retry` with this folder's name."}
 
 
 def _error_text(error: dict[str, Any]) -> str:

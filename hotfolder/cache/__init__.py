@@ -1,0 +1,7 @@
+"""The result cache: `key` says what a request is, `store` keeps what it made."""
+
+from hotfolder.cache.key import KEY_SCHEMA, cache_key, file_sha256, model_identity, reads_cache, writes_cache
+from hotfolder.cache.store import CacheEntry, CacheStats, PruneResult, ResultCache
+
+__all__ = ["KEY_SCHEMA", "CacheEntry", "CacheStats", "PruneResult", "ResultCache", "cache_key", "file_sha256",
+           "model_identity", "reads_cache", "writes_cache"]

@@ -1,0 +1,383 @@
+"""Make one result folder: cache or model, soundtrack, GIF, thumbnail, metadata, log, then deliver it.
+
+Everything is written into the job's staging folder inside processing/ and the
+finished folder moves into the outbox with one rename, so no one ever sees a
+half-written result. The daemon decides what runs when; this module decides what
+one entry's result holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import platform
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from hotfolder import __version__, log
+from hotfolder.backends import OnStep
+from hotfolder.cache import ResultCache, cache_key, model_identity, reads_cache, writes_cache
+from hotfolder.config import Config, ModelInfo
+from hotfolder.daemon.provider import Provider
+from hotfolder.errors import Interrupted, JobInvalid, Problem
+from hotfolder.folders.spool import Job, Spool, crash_point
+from hotfolder.fsutil import write_json_atomic
+from hotfolder.job import attachments
+from hotfolder.job.spec import JobSpec
+from hotfolder.media.fit import describe_image_fit
+
+# Distributions whose versions go into every result's metadata (read without importing them).
+VERSIONED = ("torch", "diffusers", "transformers", "mlx", "mlx-video-with-audio", "imageio-ffmpeg")
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """Read once per process: the installed packages do not change under a running daemon."""
+    found = {"hotfolder": __version__, "python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(wall)) + f".{int(wall % 1 * 1000):03d}"
+
+
+@dataclass
+class Timings:
+    queued: float  # wall clock of the claim
+    started: float = 0.0
+    finished: float = 0.0
+    load_s: float = 0.0
+    generate_s: float = 0.0
+    encode_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queued": iso(self.queued),
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "load_s": round(self.load_s, 3),
+            "generate_s": round(self.generate_s, 3),
+            "encode_s": round(self.encode_s, 3),
+            "total_s": round(self.finished - self.started, 3),
+            "wait_s": round(self.started - self.queued, 3),
+        }
+
+
+@dataclass
+class Outcome:
+    """What the generation step produced, for the metadata."""
+
+    backend: str
+    device: str
+    model: ModelInfo
+    cache_hit: bool = False
+    cache_key: str | None = None
+    has_audio: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def entry_id(job: Job, index: int, count: int) -> str:
+    """A batch's entries get their own ids: <job_id>.1, <job_id>.2, ..."""
+    return job.job_id if count == 1 else f"{job.job_id}.{index + 1}"
+
+
+def copy_original(job: Job, dest: Path) -> str:
+    """Copy the job file (or the folder's files) as dropped; returns the name in the result."""
+    src = job.input_path
+    target = dest / src.name
+    if target.exists():
+        target = dest / f"job-{src.name}"
+    if src.is_dir():
+        shutil.copytree(src, target, symlinks=True)
+    else:
+        shutil.copy2(src, target)
+    return target.name
+
+
+def audio_kind(spec: JobSpec, outcome: Outcome) -> str:
+    """What the MP4's soundtrack is: generated, a voice-over, narration, or none."""
+    base = "voice-over" if spec.audio_file else ("generated" if outcome.has_audio else "")
+    if spec.tts:
+        return f"{base} + narration" if base else "narration"
+    return base or "none"
+
+
+def write_metadata(
+    folder: Path,
+    *,
+    job: Job,
+    index: int,
+    count: int,
+    spec: JobSpec,
+    outcome: Outcome,
+    timings: Timings,
+    outputs: dict[str, str],
+    attachments: list[dict[str, Any]] | None = None,
+) -> Path:
+    """`<name>.json`: every field of SPEC section 4, plus what a person needs to reproduce it.
+
+    `attachments`: the image, voice-over and narration used (name, kind, sha256, how fitted).
+    """
+    model = outcome.model
+    meta: dict[str, Any] = {
+        "job_id": entry_id(job, index, count),
+        "source": job.source,
+        "batch_index": index if count > 1 else None,
+        "status": "done",
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "format": spec.format,
+        "mode": spec.mode,
+        "duration": spec.duration,
+        "width": spec.width,
+        "height": spec.height,
+        "num_frames": spec.num_frames,
+        "fps": spec.fps,
+        "seed": spec.seed,
+        "seed_random": spec.seed_random,
+        "steps": spec.steps,
+        "guidance": model.guidance,
+        "backend": outcome.backend,
+        "model": model.name,
+        "model_label": model.label,
+        "device": outcome.device,
+        "audio": audio_kind(spec, outcome),
+        "attachments": attachments or [],
+        "cache_hit": outcome.cache_hit,
+        "cache_key": outcome.cache_key,
+        "adjustments": list(spec.adjustments),
+        "timings": timings.to_dict(),
+        "outputs": outputs,
+        "versions": dict(versions()),
+        "backend_info": outcome.info,
+    }
+    if model.tiny:
+        meta["warning"] = "tiny model: random weights, the video and sound are noise (for tests and the demo)"
+    path = folder / f"{spec.name}.json"
+    write_json_atomic(path, meta)
+    return path
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a production tells the daemon where it is: `stage("generating")`, and each denoising step."""
+
+    stage: Callable[[str], None]
+    on_step: OnStep
+
+
+class Producer:
+    """Turns one queued entry into a delivered result folder; owns the cache and the resident model."""
+
+    def __init__(self, config: Config, spool: Spool, provider: Provider, stop: threading.Event):
+        self.config = config
+        self.spool = spool
+        self.provider = provider
+        self.stop = stop
+        self.log = log.get("hotfolder.daemon")
+        self._identities: dict[tuple[str, str], str] = {}
+        self._cache: ResultCache | None = None
+
+    @property
+    def cache(self) -> ResultCache:
+        """Opened on first use, by the worker (opening cleans up stores a crash left behind)."""
+        if self._cache is None:
+            self._cache = ResultCache(self.config.cache_dir, self.config.cache_max_bytes)
+        return self._cache
+
+    def produce(self, job: Job, index: int, count: int, spec: JobSpec, timings: Timings, report: Report) -> Path:
+        """Make entry `index` of `job` and move its result folder into the outbox; returns the MP4's path.
+
+        `report.stage` is told "generating" and "encoding" as they begin; `report.on_step` is
+        the backend's per-step callback (progress, stop and cancel checks).
+        """
+        from hotfolder import media
+
+        model = self.config.model_info(spec.model)
+        if model is None:
+            raise JobInvalid(job.source, [Problem(f"model {spec.model!r} is no longer in the model table")])
+        stage = job.stage / str(index)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        mp4 = stage / f"{spec.name}.mp4"
+
+        # 1. The cache, before the model is touched: a hit never loads (or imports) the backend.
+        image = attachments.resolve("image.file", spec.image, job.base, label=job.source) if spec.image else None
+        key = cache_key(spec, model, model_identity=self._identity(model, spec.backend), **_conditioning(spec))
+        outcome = self._from_cache(key, spec, model, mp4)
+        if outcome is None:
+            outcome = self._generate(spec, model, mp4, timings, image, report)
+            outcome.cache_key = key
+            if writes_cache(spec):
+                self.cache.put(key, mp4, {"backend": outcome.backend, "device": outcome.device,
+                                          "has_audio": outcome.has_audio, "seed": spec.seed, "model": model.name,
+                                          "width": spec.width, "height": spec.height,
+                                          "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info})
+                self.log.info("stored in cache", cache_key=key)
+                crash_point("cached")
+
+        # 2. Post-processing: everything that is not in the cache key.
+        report.stage("encoding")
+        t0 = time.perf_counter()
+        used = self._soundtrack(job, spec, mp4, stage, outcome)
+        if image is not None:
+            used.insert(0, _image_record(spec, image))
+        outputs: dict[str, str] = {"video": mp4.name}
+        if spec.gif:
+            media.make_gif(mp4, stage / f"{spec.name}.gif")
+            outputs["gif"] = f"{spec.name}.gif"
+            crash_point("mid_encode")
+        if spec.thumbnail:
+            media.make_thumbnail(mp4, stage / f"{spec.name}.jpg")
+            outputs["thumbnail"] = f"{spec.name}.jpg"
+        outputs["job"] = copy_original(job, stage)
+        _copy_attachments(job, stage)
+        timings.encode_s += time.perf_counter() - t0
+        self.log.info("encoded", encode_s=round(timings.encode_s, 2))
+
+        # 3. Metadata and log, then one rename into the outbox.
+        outputs["metadata"] = f"{spec.name}.json"
+        outputs["log"] = f"{spec.name}.log"
+        timings.finished = time.time()
+        write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
+                       timings=timings, outputs=outputs, attachments=used)
+        self.log.info("delivering", total_s=round(timings.finished - timings.started, 2))
+        if job.log_file.exists():
+            shutil.copy2(job.log_file, stage / f"{spec.name}.log")
+        crash_point("staged")
+        target = self.spool.deliver(job, index, stage, spec.name)
+        self.log.info("delivered", path=str(target / mp4.name))
+        return target / mp4.name
+
+    def _from_cache(self, key: str, spec: JobSpec, model: ModelInfo, mp4: Path) -> Outcome | None:
+        if not reads_cache(spec):
+            if spec.cache == "refresh":
+                self.log.info("cache refresh: regenerating", cache_key=key)
+            return None
+        entry = self.cache.get(key)
+        if entry is None:
+            return None
+        try:
+            how = self.cache.deliver(entry, mp4)
+        except FileNotFoundError:
+            return None  # evicted between get and deliver: a miss
+        meta = entry.meta
+        self.log.info("cache hit: the model was not used", cache_key=key, delivered_by=how)
+        return Outcome(backend=meta.get("backend", spec.backend), device=meta.get("device", "none"), model=model,
+                       cache_hit=True, cache_key=key, has_audio=bool(meta.get("has_audio")),
+                       info={**meta.get("info", {}), "cache_delivery": how})
+
+    def _soundtrack(self, job: Job, spec: JobSpec, mp4: Path, stage: Path, outcome: Outcome) -> list[dict[str, Any]]:
+        """Voice-over, then narration, fitted to the video's length; returns what was used, for the metadata.
+
+        Never in the cache key: a cached clip gets them too. Each step writes a new file and
+        renames it over the MP4 (a cached MP4 may be a hard link into the cache).
+        """
+        from hotfolder import media
+        from hotfolder.media import narration
+
+        used: list[dict[str, Any]] = []
+        seconds = spec.num_frames / spec.fps
+        has_audio = outcome.has_audio
+        if spec.audio_file:
+            voice = attachments.resolve("audio.file", spec.audio_file, job.base, label=job.source)
+            tmp = stage / f".{spec.name}.voice-over.mp4"
+            fitted = media.replace_audio(mp4, voice, tmp, seconds=seconds)
+            os.replace(tmp, mp4)
+            has_audio = True
+            used.append({"name": spec.audio_file, "kind": "voice-over", "sha256": spec.audio_sha256,
+                         "fitted": fitted})
+            self.log.info("voice-over", file=spec.audio_file, fitted=fitted)
+        if spec.tts:
+            speech = narration.synthesize(spec.tts, stage)
+            tmp = stage / f".{spec.name}.narrated.mp4"
+            mix = media.mix_audio if has_audio else media.replace_audio
+            fitted = mix(mp4, speech, tmp, seconds=seconds)
+            os.replace(tmp, mp4)
+            speech.unlink(missing_ok=True)
+            how = "over the soundtrack, which is ducked while it speaks" if has_audio else "alone"
+            used.append({"name": "tts", "kind": "narration", "sha256": None, "text": spec.tts,
+                         "fitted": f"{fitted}; {how}"})
+            self.log.info("narration", words=len(spec.tts.split()), fitted=fitted, mixed=how)
+        return used
+
+    def _generate(self, spec: JobSpec, model: ModelInfo, mp4: Path, timings: Timings, image: Path | None,
+                  report: Report) -> Outcome:
+        """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`.
+
+        The backend gets the image's absolute path; the spec itself keeps it relative to the job.
+        """
+        from hotfolder import media
+
+        if self.stop.is_set():
+            raise Interrupted("stopping")
+        backend, timings.load_s = self.provider.get(spec, model)
+        if timings.load_s:
+            self.log.info("model loaded", model=model.label, backend=backend.name, device=backend.device,
+                          load_s=round(timings.load_s, 2))
+        report.stage("generating")
+        t0 = time.perf_counter()
+        run_spec = dataclasses.replace(spec, image=str(image)) if image is not None else spec
+        clip = backend.generate(run_spec, report.on_step)
+        timings.generate_s = time.perf_counter() - t0
+        stages = [f"{st.get('name')} {st.get('width')}x{st.get('height')} {st.get('steps')} steps"
+                  for st in clip.info.get("stages", [])]
+        self.log.info("generated", generate_s=round(timings.generate_s, 2), frames=len(clip.frames),
+                      **({"stages": "; ".join(stages)} if stages else {}))
+        report.stage("encoding")
+        t0 = time.perf_counter()
+        media.encode_mp4(clip, mp4)
+        crash_point("encoded")
+        timings.encode_s = time.perf_counter() - t0
+        return Outcome(backend=backend.name, device=backend.device, model=model, has_audio=clip.audio is not None,
+                       info=clip.info)
+
+    def _identity(self, model: ModelInfo, backend: str) -> str:
+        """The model's weights identity for the cache key (memoised: it may read a folder)."""
+        k = (model.name, backend)
+        if k not in self._identities:
+            self._identities[k] = model_identity(model, backend)
+        return self._identities[k]
+
+
+def _conditioning(spec: JobSpec) -> dict[str, Any]:
+    """The cache key's share of the attachments: the image's digest and strength (never audio or TTS)."""
+    if not spec.image:
+        return {}
+    assert spec.image_sha256 is not None, "attachments.check_job fills image_sha256 at admission"
+    return {"attachments": {"image": spec.image_sha256}, "extra": {"image_strength": float(spec.image_strength)}}
+
+
+def _image_record(spec: JobSpec, image: Path) -> dict[str, Any]:
+    """The metadata's entry for the conditioning image: how it covers the video's frame."""
+    from PIL import Image
+
+    with Image.open(image) as im:
+        size = im.size
+    return {"name": spec.image, "kind": "image", "sha256": spec.image_sha256, "strength": spec.image_strength,
+            "size": list(size), "fitted": describe_image_fit(size, spec.width, spec.height)}
+
+
+def _copy_attachments(job: Job, stage: Path) -> None:
+    """A loose job's attachments go into the result beside its job file (hard links: same filesystem)."""
+    for src in job.attachment_paths:
+        target = stage / src.name
+        if os.path.lexists(target) or not src.is_file():
+            continue
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)
