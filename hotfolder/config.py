@@ -179,6 +179,9 @@ class Config:
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     models: Mapping[str, ModelInfo] = field(default_factory=lambda: dict(BUILTIN_MODELS))
     config_file: Path | None = None
+    # Where each value came from, as load_config applied the layers: "root" -> "env HOTFOLDER_ROOT",
+    # "defaults.fps" -> "config file ... [defaults]", "models.ltx-2" -> ...; absent means built in.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     # Folder layout (section 1 of the spec).
     @property
@@ -257,21 +260,28 @@ def load_config(
             raise UsageError(f"config file {path}: {key} = {value!r} has the wrong type.")
 
     kwargs: dict[str, Any] = {"config_file": path if path.is_file() else None}
+    origins: dict[str, str] = {}
+    in_file = f"config file {path}"
     for key, value in data.items():
         if key in PATH_KEYS:
             kwargs[key] = Path(value).expanduser()
         elif key not in TABLE_KEYS and key != "root":  # a plain setting: a Config field of the same name
             kwargs[key] = float(value) if CONFIG_KEYS[key] == (int, float) else value
+        if key not in TABLE_KEYS and key != "root":
+            origins[key] = in_file
     if "defaults" in data:
         defaults = {**JOB_DEFAULTS, **data["defaults"]}
+        origins.update({f"defaults.{k}": f"{in_file} [defaults]" for k in data["defaults"]})
         # The model and backend defaults live on Config itself, so --model / --backend flags can override them.
         # (only what the file's [defaults] really sets moves there, not JOB_DEFAULTS' own "auto").
         for key in ("model", "backend"):
             if key in data["defaults"]:
                 kwargs[key] = defaults.pop(key)
+                origins[key] = f"{in_file} [defaults]"
         kwargs["job_defaults"] = defaults
     if "presets" in data:
         kwargs["presets"] = {**BUILTIN_PRESETS, **data["presets"]}
+        origins.update({f"presets.{k}": in_file for k in data["presets"]})
     if "models" in data:
         models = dict(BUILTIN_MODELS)
         for name, table in data["models"].items():
@@ -280,13 +290,23 @@ def load_config(
                 models[name] = replace(base, name=name, **table)
             except TypeError as e:
                 raise UsageError(f"config file {path}: [models.{name}]: {e}") from e
+            origins[f"models.{name}"] = f"built in, changed in {in_file}" if name in BUILTIN_MODELS else in_file
         kwargs["models"] = models
 
-    chosen_root = root or (Path(env["HOTFOLDER_ROOT"]) if env.get("HOTFOLDER_ROOT") else None)
-    if chosen_root is None and "root" in data:
-        chosen_root = Path(data["root"])
+    if root is not None:
+        chosen_root, origins["root"] = root, "flag --root"
+    elif env.get("HOTFOLDER_ROOT"):
+        chosen_root, origins["root"] = Path(env["HOTFOLDER_ROOT"]), "env HOTFOLDER_ROOT"
+    elif "root" in data:
+        chosen_root, origins["root"] = Path(data["root"]), in_file
+    else:
+        chosen_root = None
     kwargs["root"] = (chosen_root or default_root()).expanduser().absolute()
-    kwargs.update({k: v for k, v in flags.items() if v is not None})
+    for key, value in flags.items():
+        if value is not None:
+            kwargs[key] = value
+            origins[key] = f"flag --{key.replace('_', '-')}"
+    kwargs["origins"] = origins
     if kwargs.get("backend", "auto") not in ("auto", *BACKEND_MODULES):
         allowed = ", ".join(("auto", *BACKEND_MODULES))
         raise UsageError(f"backend {kwargs['backend']!r} is not one of {allowed}.")

@@ -410,9 +410,9 @@ def test_the_spool_holds_a_loose_job_file_and_what_it_names_until_all_settled_or
 
     def step(seconds: float) -> list[tuple[str, tuple[str, ...]]]:
         now[0] += seconds
-        candidates = spool.scan()
-        ready, _ = spool.settled(candidates)
-        last[:], _ = spool.arrivals(candidates, ready, lambda c: names.get(c.rel, ()))
+        candidates = spool.inbox.scan()
+        ready, _ = spool.inbox.settled(candidates)
+        last[:], _ = spool.inbox.arrivals(candidates, ready, lambda c: names.get(c.rel, ()))
         return [(a.candidate.rel, tuple(x.rel for x in a.attachments)) for a in last]
 
     (inbox / "lake.toml").write_text('prompt = "x"\n')

@@ -256,3 +256,31 @@ def test_retrying_one_failed_batch_entry_runs_that_entry_alone(root: Root) -> No
     assert [m["prompt"] for m in metas] == ["bad shot FAIL-ME", "good shot"]  # the good one was not made again
     assert metas[0]["outputs"]["video"] == "batch-2.mp4" and "gif" not in metas[0]["outputs"]
     assert metas[0]["seed"] == 3
+
+
+def test_cancel_without_a_daemon_keeps_a_loose_jobs_image_and_retry_makes_the_video(root: Root) -> None:
+    """The claim of a loose job file includes the image it names: cancel must move both to failed/."""
+    from PIL import Image
+
+    root.write_config(attachment_wait_seconds=2.0)  # a retry without its image would fail fast, not hang
+    Image.new("RGB", (96, 64), (220, 30, 30)).save(root.inbox / "red.png")
+    _drop(root, "x.toml", 'prompt = "x"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 2\n'
+                          '[image]\nfile = "red.png"\n')
+    crashed = root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_CRASH_AT="claimed_attachment"))
+    assert crashed.returncode == -signal.SIGKILL
+    assert not (root.inbox / "x.toml").exists() and not (root.inbox / "red.png").exists()  # both claimed
+    out = root.cli("cancel", "x.toml")
+    assert out.returncode == 0 and "cancelled" in out.stdout, out.stderr
+    [failed] = root.failures()
+    assert sorted(p.name for p in failed.iterdir()) == ["error.json", "error.txt", "red.png", "x.toml"]
+    back = root.cli("retry", failed.name)
+    assert back.returncode == 0, back.stderr
+    assert (root.inbox / "x.toml").is_file() and (root.inbox / "red.png").is_file()
+    run = root.cli("run", "--once", fake=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [result] = root.results()
+    meta = root.metadata(result)
+    assert [a["name"] for a in meta["attachments"]] == ["red.png"]
+    with Image.open(result / "x.jpg") as thumb:  # the fake backend paints the image's mean colour
+        r, g, b = thumb.convert("RGB").getpixel((32, 32))
+    assert r > 150 and g < 90 and b < 90

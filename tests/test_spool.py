@@ -37,25 +37,25 @@ def test_ignored_names_are_never_candidates(spool: tuple[Spool, Clock], name: st
     s, _ = spool
     (s.config.inbox / name).write_text("prompt = 'x'\n")
     assert is_ignored(name)
-    assert s.scan() == []
+    assert s.inbox.scan() == []
 
 
 def test_a_file_is_ready_only_after_it_stopped_changing_for_settle_seconds(spool: tuple[Spool, Clock]) -> None:
     s, clock = spool
     f = s.config.inbox / "lake.txt"
     f.write_text("A lake")
-    ready, waiting = s.settled(s.scan())
+    ready, waiting = s.inbox.settled(s.inbox.scan())
     assert ready == [] and waiting  # first sight: never trusted
     clock.now += 0.5
     with open(f, "a") as fh:
         fh.write(" at dawn")  # still being written
-    ready, waiting = s.settled(s.scan())
+    ready, waiting = s.inbox.settled(s.inbox.scan())
     assert ready == [] and waiting
     clock.now += 0.9
-    ready, _ = s.settled(s.scan())
+    ready, _ = s.inbox.settled(s.inbox.scan())
     assert ready == []  # 0.9 s since the last change
     clock.now += 0.2
-    ready, waiting = s.settled(s.scan())
+    ready, waiting = s.inbox.settled(s.inbox.scan())
     assert [c.rel for c in ready] == ["lake.txt"] and not waiting
 
 
@@ -64,12 +64,12 @@ def test_a_copy_that_keeps_an_old_mtime_still_waits_for_its_size(spool: tuple[Sp
     f = s.config.inbox / "copied.txt"
     f.write_text("A")
     os.utime(f, (1, 1))  # Finder and cp -p keep the source's mtime
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
     with open(f, "a") as fh:
         fh.write("BCD")
     os.utime(f, (1, 1))
-    ready, _ = s.settled(s.scan())
+    ready, _ = s.inbox.settled(s.inbox.scan())
     assert ready == []
 
 
@@ -77,9 +77,9 @@ def test_claim_rechecks_and_moves_with_one_rename(spool: tuple[Spool, Clock]) ->
     s, clock = spool
     f = s.config.inbox / "tiktok" / "cat.txt"
     f.write_text("A cat")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    [c] = s.settled(s.scan())[0]
+    [c] = s.inbox.settled(s.inbox.scan())[0]
     assert c.preset == "tiktok" and c.rel == "tiktok/cat.txt"
     job = s.claim(c)
     assert job is not None and not f.exists()
@@ -91,9 +91,9 @@ def test_claim_refuses_a_file_that_changed_after_it_settled(spool: tuple[Spool, 
     s, clock = spool
     f = s.config.inbox / "lake.txt"
     f.write_text("A lake")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    [c] = s.settled(s.scan())[0]
+    [c] = s.inbox.settled(s.inbox.scan())[0]
     f.write_text("A lake, longer now")
     assert s.claim(c) is None and f.exists()
 
@@ -102,12 +102,15 @@ def test_claim_of_a_vanished_file_leaves_nothing_behind(spool: tuple[Spool, Cloc
     s, clock = spool
     f = s.config.inbox / "lake.txt"
     f.write_text("A lake")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    [c] = s.settled(s.scan())[0]
-    # Another daemon took it between the check and the rename.
-    s._seen[c.path] = (s._seen.get(c.path) or (None, 0))  # keep the settled record
-    os.rename(f, s.config.root / "elsewhere.txt")
+    [c] = s.inbox.settled(s.inbox.scan())[0]
+    # Another daemon takes it between the settle re-check and the rename.
+    def taken_after_the_check(items):
+        os.rename(f, s.config.root / "elsewhere.txt")
+        return True
+
+    s.inbox.confirm = taken_after_the_check
     assert s.claim(c) is None
     assert list(s.config.processing.iterdir()) == []
 
@@ -118,9 +121,9 @@ def test_deliver_never_overwrites_a_result_with_the_same_name(spool: tuple[Spool
     for n in range(3):
         f = s.config.inbox / f"j{n}.txt"
         f.write_text("x")
-        s.settled(s.scan())
+        s.inbox.settled(s.inbox.scan())
         clock.now += 2
-        job = s.claim(s.settled(s.scan())[0][0])
+        job = s.claim(s.inbox.settled(s.inbox.scan())[0][0])
         built = job.folder / "stage" / "0"
         built.mkdir(parents=True)
         (built / "same.mp4").write_text(f"video {n}")
@@ -133,9 +136,9 @@ def test_deliver_never_overwrites_a_result_with_the_same_name(spool: tuple[Spool
 def test_recover_requeues_claims_drops_staging_and_half_claims(spool: tuple[Spool, Clock]) -> None:
     s, clock = spool
     (s.config.inbox / "a.txt").write_text("a")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    job = s.claim(s.settled(s.scan())[0][0])
+    job = s.claim(s.inbox.settled(s.inbox.scan())[0][0])
     (job.stage / "0").mkdir(parents=True)
     (job.stage / "0" / "half.mp4").write_text("partial")
     half = s.config.processing / "20260101-000000-abcdef"
@@ -150,9 +153,9 @@ def test_recover_requeues_claims_drops_staging_and_half_claims(spool: tuple[Spoo
 def test_recover_marks_a_delivery_that_reached_the_outbox_before_a_crash(spool: tuple[Spool, Clock]) -> None:
     s, clock = spool
     (s.config.inbox / "a.txt").write_text("a")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    job = s.claim(s.settled(s.scan())[0][0])
+    job = s.claim(s.inbox.settled(s.inbox.scan())[0][0])
     built = job.stage / "0"
     built.mkdir(parents=True)
     target = s.deliver(job, 0, built, "a")
@@ -166,9 +169,9 @@ def test_recover_marks_a_delivery_that_reached_the_outbox_before_a_crash(spool: 
 def test_fail_moves_the_original_with_error_files(spool: tuple[Spool, Clock]) -> None:
     s, clock = spool
     (s.config.inbox / "bad.toml").write_text("prompt = ")
-    s.settled(s.scan())
+    s.inbox.settled(s.inbox.scan())
     clock.now += 2
-    job = s.claim(s.settled(s.scan())[0][0])
+    job = s.claim(s.inbox.settled(s.inbox.scan())[0][0])
     target = s.fail(job, {"status": "invalid", "message": "bad.toml: line 1: broken", "hint": "fix it"})
     assert (target / "bad.toml").read_text() == "prompt = "
     assert "broken" in (target / "error.txt").read_text() and "fix it" in (target / "error.txt").read_text()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Root, wait_until
-from hotfolder.folders import spool as spool_module
+from hotfolder.folders import arrivals as arrivals_module
 from hotfolder.job import names
 from hotfolder.config import Config
 from hotfolder.folders.spool import Spool
@@ -141,16 +141,16 @@ def test_a_dataless_file_is_not_a_candidate_until_it_is_downloaded(tmp_path: Pat
     f = config.inbox / "lake.toml"
     f.write_bytes(_job("A lake"))
     dataless = {f.stat().st_ino}
-    monkeypatch.setattr(spool_module, "is_dataless", lambda st: st.st_ino in dataless)
-    assert spool.scan() == []
+    monkeypatch.setattr(arrivals_module, "is_dataless", lambda st: st.st_ino in dataless)
+    assert spool.inbox.scan() == []
     dataless.clear()  # downloaded
-    assert [c.rel for c in spool.scan()] == ["lake.toml"]
+    assert [c.rel for c in spool.inbox.scan()] == ["lake.toml"]
 
 
 def test_the_dataless_flag_is_macos_sf_dataless() -> None:
     assert names.UF_DATALESS == getattr(stat, "SF_DATALESS", 0x40000000)
     fake = os.stat_result((0o100644, 1, 1, 1, 0, 0, 10, 0, 0, 0))
-    assert not spool_module.is_dataless(fake)  # no st_flags (Linux): never dataless
+    assert not names.is_dataless(fake)  # no st_flags (Linux): never dataless
 
 
 # -- 4. conflict copies ----------------------------------------------------------------------------

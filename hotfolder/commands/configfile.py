@@ -173,42 +173,23 @@ def show_path(config_file: Path | None) -> int:
     return 0
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return {}  # load_config has already said what is wrong with it
-
-
-def origins(config: Config, *, config_file: Path | None, root_flag: Path | None,
-            env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Every value in effect and where it came from, grouped: settings, defaults, presets, models."""
-    path = (config_file or default_config_file()).expanduser()
-    data = _read(path)
-    in_file = f"config file {path}"
+def origins(config: Config) -> dict[str, dict[str, Any]]:
+    """Every value in effect and where it came from (as `load_config` recorded it), grouped:
+    settings, defaults, presets, models."""
+    path = (config.config_file or default_config_file()).expanduser()
+    came = config.origins
     settings: dict[str, Any] = {}
     for key in SCALARS:
         value = getattr(config, key)
-        if key == "root":
-            origin = ("flag --root" if root_flag is not None else "env HOTFOLDER_ROOT" if env.get("HOTFOLDER_ROOT")
-                      else in_file if "root" in data else "default")
-        elif key in ("model", "backend") and key in data.get("defaults", {}):
-            origin = f"{in_file} [defaults]"
-        else:
-            origin = in_file if key in data else "default"
-        settings[key] = {"value": str(value) if isinstance(value, Path) else value, "origin": origin}
-    file_defaults = data.get("defaults", {})
-    defaults = {k: {"value": v, "origin": f"{in_file} [defaults]" if k in file_defaults else "default"}
+        settings[key] = {"value": str(value) if isinstance(value, Path) else value,
+                         "origin": came.get(key, "default")}
+    defaults = {k: {"value": v, "origin": came.get(f"defaults.{k}", "default")}
                 for k, v in config.job_defaults.items()}
-    file_presets = data.get("presets", {})
-    presets = {k: {"value": dict(v), "origin": in_file if k in file_presets else "built in"}
+    presets = {k: {"value": dict(v), "origin": came.get(f"presets.{k}", "built in")}
                for k, v in config.presets.items()}
-    file_models = data.get("models", {})
     models = {}
     for name, m in config.models.items():
-        origin = "built in"
-        if name in file_models:
-            origin = f"built in, changed in {in_file}" if name in BUILTIN_MODELS else in_file
+        origin = came.get(f"models.{name}", "built in")
         shown = ("family", "diffusers_repo", "mlx_repo", "mlx_text_encoder_repo", "revision", "size_gb", "tiny",
                  "local_path")
         models[name] = {"value": {k: getattr(m, k) for k in shown if getattr(m, k) not in (None, False, 0.0)},
@@ -217,10 +198,9 @@ def origins(config: Config, *, config_file: Path | None, root_flag: Path | None,
             "settings": settings, "defaults": defaults, "presets": presets, "models": models}
 
 
-def show(config: Config, *, config_file: Path | None, root_flag: Path | None,
-         env: Mapping[str, str] | None = None, as_json: bool = False) -> int:
+def show(config: Config, *, as_json: bool = False) -> int:
     """Print the configuration in effect, each value with its origin."""
-    info = origins(config, config_file=config_file, root_flag=root_flag, env=os.environ if env is None else env)
+    info = origins(config)
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -247,5 +227,5 @@ def command(action: str, *, config_file: Path | None, root: Path | None, force: 
     if action == "path":
         return show_path(config_file)
     config = load_config(config_file, root=root)
-    return show(config, config_file=config_file, root_flag=root, as_json=as_json)
+    return show(config, as_json=as_json)
 

@@ -27,7 +27,8 @@ from hotfolder.daemon.queue import IDLE, JobQueue, QueueItem
 from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, retryable
 from hotfolder.folders import status as status_file
 from hotfolder.folders.lock import RootLock
-from hotfolder.folders.spool import Arrival, Candidate, Job, Spool, cancelled_error, crash_point
+from hotfolder.folders.arrivals import Arrival, Candidate
+from hotfolder.folders.spool import Job, Spool, cancelled_error, crash_point
 from hotfolder.folders.status import HEARTBEAT_S, STOP_GRACE_S
 from hotfolder.fsutil import read_json, write_json_atomic
 from hotfolder.job import attachments
@@ -123,9 +124,9 @@ class Daemon:
         last_status = 0.0
         while not self.stop.is_set():
             self.wake.clear()
-            candidates = self.spool.scan()
-            ready, settling = self.spool.settled(candidates)
-            arrivals, _ = self.spool.arrivals(candidates, ready, self._named_attachments)
+            candidates = self.spool.inbox.scan()
+            ready, settling = self.spool.inbox.settled(candidates)
+            arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
             for arrival in arrivals:
                 self._take(arrival)
             now = time.monotonic()

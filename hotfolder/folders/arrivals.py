@@ -1,0 +1,220 @@
+"""The inbox side: what is there, what has settled, and what to claim together.
+
+A file (or folder) is taken only after its size, newest mtime and entry count have
+stayed the same for `settle_seconds`, judged by what was observed, so a slow copy,
+a download or a sync is never read half-way. A loose job file that names
+attachments waits (up to `attachment_wait_seconds`) until they have settled too.
+Pure filesystem, no threads; the clock is injected so tests can step time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from hotfolder.config import Config
+from hotfolder.job.names import is_dataless, is_ignored, is_job_file_name
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something in the inbox that may become a job."""
+
+    path: Path
+    rel: str  # relative to the inbox, "/"-separated
+    preset: str | None
+    is_link: bool = False
+
+
+def is_loose_file(c: Candidate) -> bool:
+    """A plain file dropped straight into the inbox (or a preset folder): not a folder, not a link."""
+    return not c.is_link and c.path.is_file()
+
+
+def is_job_file(c: Candidate) -> bool:
+    return is_job_file_name(c.path.name)
+
+
+def may_be_attachment(c: Candidate) -> bool:
+    """A loose file (or link) that is not a job file: a job file may still come and name it."""
+    return not is_job_file(c) and (c.is_link or c.path.is_file())
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What to claim now: a candidate, and the settled attachments a loose job file named."""
+
+    candidate: Candidate
+    attachments: tuple[Candidate, ...] = ()
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """(total size, newest mtime_ns, entry count) of a file or folder; None if it vanished."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            return (st.st_size, st.st_mtime_ns, 1)
+        total, newest, count = 0, st.st_mtime_ns, 0
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                s = os.lstat(os.path.join(dirpath, name))
+                total += s.st_size
+                newest = max(newest, s.st_mtime_ns)
+                count += 1
+        return (total, newest, count)
+    except FileNotFoundError:
+        return None
+
+
+class Arrivals:
+    """Watches the inbox through successive scans; `confirm` re-checks a candidate right before its claim."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self._seen: dict[Path, tuple[tuple[int, int, int], float]] = {}
+        self._waits: dict[Path, float] = {}  # loose files waiting for (or to be named as) attachments: since when
+
+    def scan(self) -> list[Candidate]:
+        """Everything in the inbox that could be a job, oldest first."""
+        found: list[Candidate] = []
+        inbox = self.config.inbox
+        for entry in self._entries(inbox):
+            if entry.is_dir(follow_symlinks=False) and entry.name in self.config.presets:
+                for sub in self._entries(Path(entry.path)):
+                    found.append(self._candidate(Path(sub.path), f"{entry.name}/{sub.name}", entry.name))
+            else:
+                found.append(self._candidate(Path(entry.path), entry.name, None))
+        return found
+
+    def _entries(self, folder: Path) -> Iterator[os.DirEntry[str]]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if is_ignored(entry.name):
+                continue
+            try:
+                if is_dataless(entry.stat(follow_symlinks=False)):
+                    continue  # an iCloud file not downloaded yet: wait for it
+            except FileNotFoundError:
+                continue
+            yield entry
+
+    @staticmethod
+    def _candidate(path: Path, rel: str, preset: str | None) -> Candidate:
+        return Candidate(path=path, rel=rel, preset=preset, is_link=path.is_symlink())
+
+    def settled(self, candidates: list[Candidate]) -> tuple[list[Candidate], bool]:
+        """Those unchanged (size, mtime, entries) for settle_seconds; and whether any are still settling.
+
+        A file is judged only by what was observed: copies that keep the source's
+        mtime (Finder, cp -p, rsync) still grow in size, so nothing is trusted at first sight.
+        """
+        now = self.clock()
+        ready: list[Candidate] = []
+        waiting = False
+        current = {c.path for c in candidates}
+        for path in list(self._seen):
+            if path not in current:
+                del self._seen[path]
+        for c in candidates:
+            if c.is_link:
+                ready.append(c)  # never followed; failed at once
+                continue
+            sig = _signature(c.path)
+            if sig is None:
+                self._seen.pop(c.path, None)
+                continue
+            prev = self._seen.get(c.path)
+            if prev is None or prev[0] != sig:
+                self._seen[c.path] = (sig, now)
+                waiting = True
+            elif now - prev[1] >= self.config.settle_seconds:
+                ready.append(c)
+            else:
+                waiting = True
+        # First in, first out: claim in the order the files were last written (then by name).
+        ready.sort(key=lambda c: (self._seen[c.path][0][1] if c.path in self._seen else 0, c.rel))
+        return ready, waiting
+
+    # -- arrivals: loose job files wait for the files they name ------------
+    def arrivals(
+        self, candidates: list[Candidate], ready: list[Candidate], names: Callable[[Candidate], tuple[str, ...]]
+    ) -> tuple[list[Arrival], bool]:
+        """What to claim now, in `ready`'s order, and whether anything is still waiting.
+
+        A settled loose `.toml` that names attachments (`names`: inbox-relative paths) is
+        claimed once every one of them has settled too, or, missing some, after
+        `attachment_wait_seconds` (the job then fails naming them). Files a job file names
+        are never claimed alone. Other loose files that are not job files wait as long, in
+        case their job file is still on its way, then are claimed (and fail as not a job); so
+        do links, which are never followed (a job file naming one fails saying so).
+        """
+        now = self.clock()
+        limit = self.config.attachment_wait_seconds
+        by_path = {c.path: c for c in ready}
+        present = {c.path for c in candidates}
+        for path in list(self._waits):
+            if path not in present:
+                del self._waits[path]
+        reserved: set[Path] = set()
+        plans: dict[Path, Arrival | None] = {}
+        for c in ready:
+            if not (is_loose_file(c) and c.path.suffix.lower() == ".toml"):
+                continue
+            wanted = [self.config.inbox / n for n in names(c)]
+            reserved.update(wanted)
+            settled = tuple(by_path[p] for p in wanted if p in by_path)
+            started = self._waits.setdefault(c.path, now)
+            if len(settled) == len(wanted) or now - started >= limit:
+                plans[c.path] = Arrival(c, settled)
+                self._waits.pop(c.path, None)
+            else:
+                plans[c.path] = None
+        out: list[Arrival] = []
+        waiting = False
+        for c in ready:
+            if c.path in plans:
+                plan = plans[c.path]
+                taken = {a.path for arrival in out for a in arrival.attachments}
+                if plan is None or any(a.path in taken for a in plan.attachments):
+                    waiting = True  # still waiting, or another job file named the same file first
+                else:
+                    out.append(plan)
+                continue
+            if c.path in reserved:
+                self._waits.pop(c.path, None)
+                continue
+            if may_be_attachment(c):
+                started = self._waits.setdefault(c.path, now)
+                if now - started < limit:
+                    waiting = True
+                    continue
+                self._waits.pop(c.path, None)
+            out.append(Arrival(c))
+        return out, waiting
+
+    def waited(self, c: Candidate) -> float:
+        """Seconds a loose file has waited so far (0 when it is not waiting)."""
+        started = self._waits.get(c.path)
+        return 0.0 if started is None else self.clock() - started
+
+    # -- claim ---------------------------------------------------------
+
+    def confirm(self, items: tuple[Candidate, ...]) -> bool:
+        """True when every item is still exactly as it settled (then it is forgotten: it is being claimed)."""
+        for item in items:
+            prev = self._seen.get(item.path)
+            if not item.is_link and (prev is None or _signature(item.path) != prev[0]):
+                self._seen.pop(item.path, None)
+                return False  # changed since it settled: look again next scan
+        for item in items:
+            self._seen.pop(item.path, None)
+        return True
