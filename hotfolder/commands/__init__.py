@@ -1,1 +1,1 @@
-"""commands"""
+"""The commands a person runs: submit and validate, cancel and retry, status, config, doctor, models, demo, agent."""

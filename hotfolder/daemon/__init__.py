@@ -1,1 +1,1 @@
-"""daemon"""
+"""The daemon: lifecycle, scan and admit (daemon), the queue, the resident model (provider), one result (produce)."""

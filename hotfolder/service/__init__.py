@@ -1,1 +1,1 @@
-"""service"""
+"""The operating system around the daemon: launchd and systemd, the Finder Quick Action, macOS privacy, notifications."""
