@@ -143,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hotfolder.commands.submit import submit
 
         config = _config(args)
-        return submit(config, args)
+        return submit(config, _submit_request(args))
     if args.command == "validate":
         from hotfolder.commands.submit import validate
 
@@ -159,7 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cache":
         return _cache_command(_config(args), args.action, as_json=args.json)
     if args.command == "agent":
-        from hotfolder.service import agent
+        from hotfolder.commands import agent
         return agent.main(_config(args), args.action, config_file=args.config, quick_action=args.quick_action,
                           fda_confirmed=args.full_disk_access)
     if args.command == "config":
@@ -178,6 +178,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo()
     raise UsageError(f"unknown command {args.command}")
+
+
+def _submit_request(args: argparse.Namespace):
+    """`hotfolder submit`'s arguments as a SubmitRequest; standard input is read here, once, if an input is `-`."""
+    from hotfolder.commands.submit import SubmitRequest
+
+    return SubmitRequest(
+        inputs=tuple(args.inputs), format=args.format, mode=args.mode, duration=args.duration, seed=args.seed,
+        model=args.model, priority=args.priority, name=args.name, image=args.image, strength=args.strength,
+        audio=args.audio, tts=args.tts, narrate=args.narrate, wait=args.wait, timeout=args.timeout,
+        stdin_text=sys.stdin.read() if "-" in args.inputs else None,
+    )
 
 
 def _cache_command(config: Config, action: str, *, as_json: bool) -> int:

@@ -21,8 +21,12 @@ from typing import Sequence
 import pytest
 
 from conftest import Root, wait_until
-from hotfolder.service import agent
-from hotfolder.service.agent import EXIT_TIMEOUT_S, LABEL, Completed, Host
+from hotfolder.commands import agent
+from hotfolder.service.host import EXIT_TIMEOUT_S, LABEL, TEMPLATES, Completed, Host, interpreter
+from hotfolder.service.launchd import render_plist
+from hotfolder.service.privacy import protected_location
+from hotfolder.service.quick_action import PBS
+from hotfolder.service.systemd import render_unit
 from hotfolder.config import Config
 from hotfolder.daemon.daemon import STOP_GRACE_S
 from hotfolder.errors import HotfolderError, UsageError
@@ -59,7 +63,7 @@ class FakeLaunchd:
     def __call__(self, argv: Sequence[str]) -> Completed:
         argv = list(argv)
         self.calls.append(argv)
-        if argv[0] == agent.PBS:
+        if argv[0] == PBS:
             return Completed(0)
         assert argv[0] == "launchctl", argv
         verb = argv[1]
@@ -125,7 +129,7 @@ def _config(tmp_path: Path, root: Path | None = None) -> Config:
 def test_the_plist_parses_and_carries_every_key_with_the_right_type(tmp_path: Path) -> None:
     host = _mac(tmp_path, FakeLaunchd())
     root = tmp_path / 'home' / 'Movies' / 'My "Videos" & <Co>'  # XML-special characters must survive
-    data = plistlib.loads(agent.render_plist(_config(tmp_path, root), host))
+    data = plistlib.loads(render_plist(_config(tmp_path, root), host))
 
     assert data["Label"] == LABEL
     assert data["ProgramArguments"] == [str(PYTHON), "-m", "hotfolder", "run", "--root", str(root)]
@@ -152,29 +156,29 @@ def test_the_plist_parses_and_carries_every_key_with_the_right_type(tmp_path: Pa
 def test_the_plist_passes_an_explicit_config_file_by_absolute_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     host = _mac(tmp_path, FakeLaunchd())
-    data = plistlib.loads(agent.render_plist(_config(tmp_path), host, config_file=Path("my.toml")))
+    data = plistlib.loads(render_plist(_config(tmp_path), host, config_file=Path("my.toml")))
     assert data["ProgramArguments"][-2:] == ["--config", str(tmp_path / "my.toml")]
 
 
 def test_hf_home_defaults_to_huggingface_hubs_own_default(tmp_path: Path) -> None:
     host = Host(home=tmp_path, uid=UID, platform="darwin", python=PYTHON, env={})
-    data = plistlib.loads(agent.render_plist(_config(tmp_path), host))
+    data = plistlib.loads(render_plist(_config(tmp_path), host))
     assert data["EnvironmentVariables"]["HF_HOME"] == str(tmp_path / ".cache" / "huggingface")
 
 
 def test_the_templates_are_valid_plists_with_placeholders_only_where_filled() -> None:
-    template = plistlib.loads((agent.TEMPLATES / f"{LABEL}.plist").read_bytes())
+    template = plistlib.loads((TEMPLATES / f"{LABEL}.plist").read_bytes())
     assert template["ProgramArguments"][0] == "@PYTHON@"
     for name in ("Info.plist", "document.wflow"):
-        plistlib.loads((agent.TEMPLATES / "quick-action" / name).read_bytes())
+        plistlib.loads((TEMPLATES / "quick-action" / name).read_bytes())
 
 
 def test_a_shim_script_is_refused_as_the_interpreter(tmp_path: Path) -> None:
     shim = tmp_path / "python"
     shim.write_text('#!/usr/bin/env bash\nexec pyenv exec python "$@"\n')
     with pytest.raises(UsageError, match="shim"):
-        agent.interpreter(str(shim))
-    assert agent.interpreter(sys.executable) == PYTHON  # a venv's python is kept as is, not resolved
+        interpreter(str(shim))
+    assert interpreter(sys.executable) == PYTHON  # a venv's python is kept as is, not resolved
 
 
 # -- launchctl ----------------------------------------------------------------------------
@@ -312,8 +316,8 @@ def test_a_protected_root_through_a_symlink_is_still_refused(tmp_path: Path) -> 
     link = tmp_path / "home" / "Movies"
     link.mkdir(parents=True)
     os.symlink(docs, link / "Hotfolder")
-    assert agent.protected_location(link / "Hotfolder", tmp_path / "home") == "your Documents folder"
-    assert agent.protected_location(tmp_path / "home" / "Movies" / "Other", tmp_path / "home") is None
+    assert protected_location(link / "Hotfolder", tmp_path / "home") == "your Documents folder"
+    assert protected_location(tmp_path / "home" / "Movies" / "Other", tmp_path / "home") is None
 
 
 def test_linux_has_no_privacy_refusal(tmp_path: Path) -> None:
@@ -347,7 +351,7 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert params["inputMethod"] == 1  # the selection arrives as arguments: "$@"
     assert params["shell"] == "/bin/zsh"
     assert f"-m hotfolder submit --root {config.root}" in params["COMMAND_STRING"]
-    assert [agent.PBS, "-flush"] in launchd.calls
+    assert [PBS, "-flush"] in launchd.calls
 
     # The script itself, run by a POSIX shell with awkward file names as "$@": each becomes a job.
     prompts = tmp_path / "picked"
@@ -438,7 +442,7 @@ def _linux(tmp_path: Path, runner) -> Host:
 
 def test_the_systemd_unit_has_the_agents_behaviour_and_quotes_awkward_paths(tmp_path: Path) -> None:
     root = tmp_path / 'My 100% "real" $HOME'
-    unit = agent.render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()))
+    unit = render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()))
     lines = unit.splitlines()
     assert f'ExecStart="{PYTHON}" "-m" "hotfolder" "run" "--root" "{tmp_path}/My 100%% \\"real\\" $$HOME"' in lines
     for line in ("Restart=on-failure", f"TimeoutStopSec={EXIT_TIMEOUT_S}", "KillSignal=SIGTERM", "KillMode=mixed",
@@ -455,7 +459,7 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     root = tmp_path / "My Videos" / "Hot folder"
     root.mkdir(parents=True)
     unit = tmp_path / "hotfolder.service"
-    unit.write_text(agent.render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()),
+    unit.write_text(render_unit(_config(tmp_path, root), _linux(tmp_path, FakeSystemd()),
                                       config_file=tmp_path / "a config.toml"))
     run = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     # verify exits 0 even for some mistakes it only warns about: no line may name our unit.

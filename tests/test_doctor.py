@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hotfolder.commands import doctor
-from hotfolder.service.agent import AgentStatus
+from hotfolder.commands.agent import AgentStatus
 from hotfolder.config import Config
 from hotfolder.commands.doctor import FAIL, OK, WARN, Probes
 from hotfolder.commands.models import GB, ModelState

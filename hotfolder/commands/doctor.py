@@ -81,7 +81,7 @@ def _device(backend: str) -> tuple[str, str, str]:
 
 
 def _agent_status(config: Config):
-    from hotfolder.service import agent
+    from hotfolder.commands import agent
     return agent.status(agent.Host.current())
 
 
@@ -233,7 +233,7 @@ def check_disk(config: Config, p: Probes, backend: str) -> list[Check]:
 
 
 def check_root(config: Config, p: Probes) -> Check:
-    from hotfolder.service.agent import full_disk_access_hint, protected_location
+    from hotfolder.service.privacy import full_disk_access_hint, protected_location
 
     root = config.root
     where = protected_location(root, p.home) if p.platform == "darwin" else None

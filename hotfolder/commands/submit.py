@@ -10,7 +10,6 @@ what it would reject is never submitted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -32,6 +31,33 @@ from hotfolder.job.attachments import check_job
 from hotfolder.job.names import free_name, job_file_in_folder
 from hotfolder.job.spec import attachment_names, parse
 
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What `hotfolder submit` was asked to do: the inputs as given, the options, and what stdin held.
+
+    An input `-` stands for standard input: the caller reads it once into `stdin_text`
+    (None when no input is `-`). A second `-` finds it already read, as a stream would be.
+    """
+
+    inputs: tuple[str, ...]
+    format: str | None = None
+    mode: str | None = None
+    duration: float | None = None
+    seed: str | None = None
+    model: str | None = None
+    priority: int | None = None
+    name: str | None = None
+    image: Path | None = None
+    strength: float | None = None
+    audio: Path | None = None
+    tts: str | None = None
+    narrate: bool = False
+    wait: bool = False
+    timeout: float | None = None
+    stdin_text: str | None = None
+
+
 @dataclass
 class Staged:
     """One job to drop: its job file's name and bytes, and the files to stage beside it (folder name -> source)."""
@@ -41,22 +67,22 @@ class Staged:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
+def _options(request: SubmitRequest) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     for key in ("format", "mode", "duration", "model", "priority"):
-        if getattr(args, key, None) is not None:
-            opts[key] = getattr(args, key)
-    if args.seed is not None:
-        opts["seed"] = args.seed if args.seed == "random" else _int(args.seed, "--seed")
+        if getattr(request, key) is not None:
+            opts[key] = getattr(request, key)
+    if request.seed is not None:
+        opts["seed"] = request.seed if request.seed == "random" else _int(request.seed, "--seed")
     return opts
 
 
-def _attachment_flags(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+def _attachment_flags(request: SubmitRequest) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
     """The [image]/[audio] tables the flags ask for, and the files to copy (name in the job folder -> source)."""
     tables: dict[str, dict[str, Any]] = {}
     files: dict[str, Path] = {}
     for flag, table in (("image", "image"), ("audio", "audio")):
-        source = getattr(args, flag, None)
+        source = getattr(request, flag)
         if source is None:
             continue
         if not Path(source).is_file():
@@ -66,15 +92,15 @@ def _attachment_flags(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any
             name = f"{flag}-{name}"
         files[name] = Path(source)
         tables.setdefault(table, {})["file"] = name
-    if getattr(args, "strength", None) is not None:
+    if request.strength is not None:
         if "image" not in tables:
             raise UsageError("--strength goes with --image: it says how closely the video follows the image.")
-        tables["image"]["strength"] = args.strength
-    if getattr(args, "tts", None) is not None and getattr(args, "narrate", False):
+        tables["image"]["strength"] = request.strength
+    if request.tts is not None and request.narrate:
         raise UsageError("use --tts TEXT (narrate TEXT) or --narrate (narrate the prompt), not both.")
-    if getattr(args, "tts", None) is not None:
-        tables.setdefault("audio", {})["tts"] = args.tts
-    elif getattr(args, "narrate", False):
+    if request.tts is not None:
+        tables.setdefault("audio", {})["tts"] = request.tts
+    elif request.narrate:
         tables.setdefault("audio", {})["tts"] = True
     return tables, files
 
@@ -111,41 +137,43 @@ def _job_document(text: str, opts: dict[str, Any], name: str | None,
     return tomli_w.dumps(_merge_tables(doc, tables or {})).encode()
 
 
-def _staged_jobs(args: argparse.Namespace, config: Config) -> list[Staged]:
+def _staged_jobs(request: SubmitRequest, config: Config) -> list[Staged]:
     """What to drop for each input: prompt text, a job file (with the files it names), or stdin."""
-    opts = _options(args)
-    tables, files = _attachment_flags(args)
+    opts = _options(request)
+    tables, files = _attachment_flags(request)
+    name = request.name
+    stdin_left = request.stdin_text or ""
     jobs: list[Staged] = []
-    for item in args.inputs:
+    for item in request.inputs:
         if item == "-":
-            text = sys.stdin.read()
+            text, stdin_left = stdin_left, ""  # standard input is read once: a second `-` finds it empty
             if not text.strip():
                 raise UsageError("nothing on standard input: pipe a prompt into `hotfolder submit -`.")
-            jobs.append(Staged(f"{args.name or 'prompt'}.toml", _job_document(text, opts, args.name, tables), files))
+            jobs.append(Staged(f"{name or 'prompt'}.toml", _job_document(text, opts, name, tables), files))
         elif Path(item).is_file():
             path = Path(item)
             data = path.read_bytes()
             named = _named_files(path, config) if path.suffix.lower() == ".toml" else {}
-            if not opts and not args.name and not tables:
+            if not opts and not name and not tables:
                 jobs.append(Staged(path.name, data, named))
             elif path.suffix.lower() == ".txt":
                 text = data.decode("utf-8", "replace")
-                jobs.append(Staged(f"{path.stem}.toml", _job_document(text, opts, args.name, tables), files))
+                jobs.append(Staged(f"{path.stem}.toml", _job_document(text, opts, name, tables), files))
             else:
                 try:
                     doc = tomllib.loads(data.decode("utf-8"))
                 except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
                     raise UsageError(f"{path}: {e}") from e
                 doc.update(opts)
-                if args.name:
-                    doc.setdefault("output", {})["name"] = args.name
+                if name:
+                    doc.setdefault("output", {})["name"] = name
                 doc = _merge_tables(doc, tables)
                 jobs.append(Staged(path.name, tomli_w.dumps(doc).encode(), {**named, **files}))
         elif Path(item).suffix.lower() in (".toml", ".txt") and len(item.split()) == 1:
             raise UsageError(f"{item}: no such file. To submit it as a prompt, put it in quotes with more words.")
         else:
-            name = args.name or _slug(item)
-            jobs.append(Staged(f"{name}.toml", _job_document(item, opts, args.name, tables), files))
+            stem = name or _slug(item)
+            jobs.append(Staged(f"{stem}.toml", _job_document(item, opts, name, tables), files))
     return jobs
 
 
@@ -154,22 +182,22 @@ def _slug(text: str) -> str:
     return "-".join(words[:6])[:60] or "prompt"
 
 
-def submit(config: Config, args: argparse.Namespace) -> int:
+def submit(config: Config, request: SubmitRequest) -> int:
     """Check, stage and drop each job; with --wait follow them to the end."""
     incoming = config.inbox / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     dropped: list[tuple[Path, int]] = []
-    for job in _staged_jobs(args, config):
+    for job in _staged_jobs(request, config):
         try:
             target, count = _drop_folder(config, incoming, job) if job.files else _drop_file(config, incoming, job)
         except JobInvalid as e:
             print(e.describe(), file=sys.stderr)
             return 2
         dropped.append((target, count))
-        print(f"submitted {target}", file=sys.stderr if args.wait else sys.stdout)
-    if not args.wait:
+        print(f"submitted {target}", file=sys.stderr if request.wait else sys.stdout)
+    if not request.wait:
         return 0
-    return wait_for(config, dropped, timeout=args.timeout)
+    return wait_for(config, dropped, timeout=request.timeout)
 
 
 def _drop_file(config: Config, incoming: Path, job: Staged) -> tuple[Path, int]:
