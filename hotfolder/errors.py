@@ -38,6 +38,11 @@ class HotfolderError(Exception):
     hint: str | None = None
     retryable = True  # whether another attempt at the same job could succeed
 
+    def __init__(self, message: str = "", hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint  # what the person should do next (error.txt's "What to do")
+
 
 def retryable(e: BaseException) -> bool:
     """Whether the daemon should try a job again after `e` (errors not of ours: yes)."""
@@ -76,20 +81,12 @@ class BackendError(HotfolderError):
 
     kind = "backend"
 
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
-
 
 class WeightsMissing(HotfolderError):
     """The model's weights are not on this machine: retrying will not help."""
 
     kind = "weights_missing"
     retryable = False
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
 
 class Interrupted(HotfolderError):

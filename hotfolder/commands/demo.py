@@ -15,6 +15,7 @@ from pathlib import Path
 from hotfolder import log
 from hotfolder.config import Config
 from hotfolder.daemon.daemon import Daemon
+from hotfolder.job.names import is_job_file_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs"
 FALLBACK_JOBS = {
@@ -26,7 +27,7 @@ FALLBACK_JOBS = {
 def _drop_examples(inbox: Path) -> list[str]:
     """Copy examples/jobs/ into the inbox (preset subfolders kept), like a person would."""
     files = {p.relative_to(EXAMPLES).as_posix(): p.read_bytes() for p in sorted(EXAMPLES.rglob("*"))
-             if p.is_file() and p.suffix in (".toml", ".txt")} if EXAMPLES.is_dir() else {}
+             if p.is_file() and is_job_file_name(p.name)} if EXAMPLES.is_dir() else {}
     if not files:  # installed without the repository's examples/
         files = {rel: text.encode() for rel, text in FALLBACK_JOBS.items()}
     for rel, data in files.items():

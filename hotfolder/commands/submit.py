@@ -28,7 +28,7 @@ from hotfolder.config import Config
 from hotfolder.errors import JobInvalid, UsageError
 from hotfolder.folders import status as status_file
 from hotfolder.job.attachments import check_job
-from hotfolder.job.names import free_name, job_file_in_folder
+from hotfolder.job.names import free_name, is_job_file_name, job_file_in_folder
 from hotfolder.job.spec import attachment_names, parse
 
 
@@ -88,7 +88,7 @@ def _attachment_flags(request: SubmitRequest) -> tuple[dict[str, dict[str, Any]]
         if not Path(source).is_file():
             raise UsageError(f"--{flag} {source}: no such file")
         name = Path(source).name
-        if name in files or Path(name).suffix.lower() in (".toml", ".txt"):
+        if name in files or is_job_file_name(name):
             name = f"{flag}-{name}"
         files[name] = Path(source)
         tables.setdefault(table, {})["file"] = name
@@ -169,7 +169,7 @@ def _staged_jobs(request: SubmitRequest, config: Config) -> list[Staged]:
                     doc.setdefault("output", {})["name"] = name
                 doc = _merge_tables(doc, tables)
                 jobs.append(Staged(path.name, tomli_w.dumps(doc).encode(), {**named, **files}))
-        elif Path(item).suffix.lower() in (".toml", ".txt") and len(item.split()) == 1:
+        elif is_job_file_name(item) and len(item.split()) == 1:
             raise UsageError(f"{item}: no such file. To submit it as a prompt, put it in quotes with more words.")
         else:
             stem = name or _slug(item)
