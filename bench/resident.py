@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from hotfolder.backends.mlx import backend as mlx_av
-from hotfolder.backends.mlx import tiny as tiny_mlx
+from hotfolder.backends.choose import MLX_PACKAGE, MLX_PINNED_VERSION  # noqa: E402
+from hotfolder.backends.mlx import backend as mlx_av  # noqa: E402
+from hotfolder.backends.mlx import tiny as tiny_mlx  # noqa: E402
+from hotfolder.backends.mlx.pipeline import normalise_and_fit_audio  # noqa: E402
 from hotfolder.config import ModelInfo  # noqa: E402
 from hotfolder.job.spec import JobSpec  # noqa: E402
 
@@ -148,7 +151,7 @@ def main() -> int:
                     frames, audio = run(PROMPT, h, w, f, i + 1, 24)
                     oneshot_total.append(time.perf_counter() - start)
                 oneshot_load.append(timer.seconds)
-                fitted, _ = mlx_av.fit_audio(audio, f / 24, clip.sample_rate)
+                fitted, _ = normalise_and_fit_audio(audio, f / 24, clip.sample_rate)
                 same += int(np.array_equal(frames, clip.frames) and np.array_equal(fitted, clip.audio))
             backend.close()
 
@@ -156,7 +159,7 @@ def main() -> int:
     o_load, o_total = sum(oneshot_load), sum(oneshot_total)
     o_gen = o_total - o_load
     print(f"hotfolder bench: {n} jobs, {w}x{h}, {f} frames with audio, tiny random weights (noise)")
-    print(f"mlx {mlx_av.metadata.version('mlx')} on {backend.device}, {mlx_av.PACKAGE} {mlx_av.PINNED_VERSION}")
+    print(f"mlx {metadata.version('mlx')} on {backend.device}, {MLX_PACKAGE} {MLX_PINNED_VERSION}")
     print(f"{'':34}{'load s':>9}{'generate s':>12}{'total s':>9}")
     print(f"{'resident backend (load once)':34}{resident_load:9.2f}{sum(resident_gen):12.2f}{r_total:9.2f}")
     print(f"{'package one-shot (load per call)':34}{o_load:9.2f}{o_gen:12.2f}{o_total:9.2f}")

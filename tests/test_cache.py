@@ -286,8 +286,6 @@ def test_deliver_reports_each_method_and_never_exposes_the_cache(cache, tmp_path
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
 def test_a_hardlinked_outbox_file_cannot_be_opened_for_writing(cache, tmp_path, monkeypatch):
-    import hotfolder.cache.store as mod
-
     monkeypatch.setattr(fsutil, "clone", lambda s, d: False)
     entry = cache.put(k(1), clip(tmp_path), {})
     dest = tmp_path / "linked.mp4"
@@ -314,8 +312,6 @@ def test_refresh_replaces_an_entry_atomically(cache, tmp_path):
 
 
 def test_refresh_without_an_atomic_swap_still_never_mixes(cache, tmp_path, monkeypatch):
-    import hotfolder.cache.store as mod
-
     monkeypatch.setattr(fsutil, "exchange", lambda a, b: False)  # an OS without renameat2/renamex_np
     cache.put(k(1), clip(tmp_path, "a.mp4", fill=1), {"v": 1})
     new = clip(tmp_path, "b.mp4", fill=2)

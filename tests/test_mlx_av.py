@@ -21,11 +21,15 @@ import numpy as np
 import pytest
 
 import conftest
+from hotfolder.backends import choose
 from hotfolder.backends.mlx import backend as mlx_av
+from hotfolder.backends.mlx import patches, pipeline
 from hotfolder.backends.mlx import tiny as tiny_mlx
+from hotfolder.backends.mlx import weights as mlx_weights
 from hotfolder.config import BUILTIN_MODELS, ModelInfo
 from hotfolder.errors import BackendError, Interrupted, JobInvalid, WeightsMissing
 from hotfolder.job.spec import JobSpec
+from hotfolder.media import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = BUILTIN_MODELS["tiny"]
@@ -89,13 +93,13 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_pinned_package_version_is_installed() -> None:
-    assert metadata.version(mlx_av.PACKAGE) == mlx_av.PINNED_VERSION
+    assert metadata.version(choose.MLX_PACKAGE) == choose.MLX_PINNED_VERSION
     assert mlx_av.PACKAGE_PROBLEM is None
 
 
 def test_another_package_version_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mlx_av.metadata, "version", lambda name: "0.1.38")
-    problem = mlx_av._package_problem()
+    monkeypatch.setattr(choose.metadata, "version", lambda name: "0.1.38")
+    problem = choose.mlx_package_problem()
     assert "0.1.38 is installed" in problem and "mlx-video-with-audio==0.1.37" in problem
     monkeypatch.setattr(mlx_av, "PACKAGE_PROBLEM", problem)
     assert mlx_av.available() == (False, problem)
@@ -111,9 +115,9 @@ def test_available_reports_the_device() -> None:
 
 def test_upstream_rms_norm_bug_is_still_there() -> None:
     """Fails once the package fixes mlx_video.utils.rms_norm: then drop the workaround."""
-    assert mlx_av.upstream_rms_norm_is_broken(), (
-        f"{mlx_av.PACKAGE} {metadata.version(mlx_av.PACKAGE)} no longer has the shapeless-compiled rms_norm bug: "
-        "remove apply_rms_norm_fix() from hotfolder/backends/mlx_av.py (and this test)."
+    assert patches.upstream_rms_norm_is_broken(), (
+        f"{choose.MLX_PACKAGE} {metadata.version(choose.MLX_PACKAGE)} no longer has the shapeless-compiled rms_norm "
+        "bug: remove apply_rms_norm_fix() from hotfolder/backends/mlx/patches.py (and this test)."
     )
 
 
@@ -123,7 +127,7 @@ def test_upstream_rms_norm_bug_is_still_there() -> None:
 @pytest.mark.parametrize("name", ["ltx-2", "ltx-2.3-q4"])
 def test_missing_weights_fail_fast_with_the_pull_command(name: str, empty_hf_cache: Path) -> None:
     model = BUILTIN_MODELS[name]
-    assert not mlx_av.weights_present(model)
+    assert not mlx_weights.weights_present(model)
     b = mlx_av.create(model, SimpleNamespace())
     try:
         start = time.monotonic()
@@ -143,7 +147,7 @@ def test_an_incomplete_local_folder_names_what_is_missing(tmp_path: Path, empty_
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "transformer.safetensors").write_bytes(b"")
-    assert not mlx_av.weights_present(local_model(folder))
+    assert not mlx_weights.weights_present(local_model(folder))
     b = mlx_av.create(local_model(folder), SimpleNamespace())
     try:
         with pytest.raises(WeightsMissing, match="vae_decoder.safetensors"):
@@ -153,12 +157,12 @@ def test_an_incomplete_local_folder_names_what_is_missing(tmp_path: Path, empty_
 
 
 def test_mlx_model_folders_are_told_from_others(tmp_path: Path) -> None:
-    assert mlx_av.is_model_folder(tiny_mlx.build(tmp_path / "unified"))
-    assert mlx_av.is_model_folder(tiny_mlx.build(tmp_path / "split", layout="split"))
+    assert mlx_weights.is_model_folder(tiny_mlx.build(tmp_path / "unified"))
+    assert mlx_weights.is_model_folder(tiny_mlx.build(tmp_path / "split", layout="split"))
     diffusers = tmp_path / "diffusers"
     diffusers.mkdir()
     (diffusers / "model_index.json").write_text('{"_class_name": "LTX2Pipeline"}')
-    assert not mlx_av.is_model_folder(diffusers) and not mlx_av.is_model_folder(tmp_path / "nothing")
+    assert not mlx_weights.is_model_folder(diffusers) and not mlx_weights.is_model_folder(tmp_path / "nothing")
 
 
 def test_a_model_folder_without_its_text_encoder_needs_the_gemma_repo(tmp_path: Path, empty_hf_cache: Path) -> None:
@@ -167,7 +171,7 @@ def test_a_model_folder_without_its_text_encoder_needs_the_gemma_repo(tmp_path: 
     folder = tiny_mlx.build(tmp_path / "tiny")
     shutil.rmtree(folder / "text_encoder")
     with pytest.raises(WeightsMissing, match="gemma-3-12b-it-bf16"):
-        mlx_av._resolve(local_model(folder))
+        mlx_weights._resolve(local_model(folder))
 
 
 @pytest.mark.parametrize(
@@ -241,17 +245,19 @@ def test_the_image_is_fitted_by_cover_and_centre_crop(tmp_path: Path) -> None:
 
     # Wider than 3:2: full height kept, centre columns cropped (300x100 covers 192x128 as 384x128).
     wide = Image.open(make_image(tmp_path / "wide.png", (300, 100)))
-    pixels, info = mlx_av.fit_image(wide, 192, 128)
-    assert pixels.shape == (128, 192, 3) and pixels.dtype == np.uint8
-    assert info == {"method": "cover+centre-crop", "original": [300, 100], "crop_box": [75, 0, 225, 100],
-                    "target": [192, 128]}  # fmt: skip
-    assert mlx_av.cover_crop_box((100, 300), (192, 128)) == (0, 116, 100, 183)  # taller: centre rows
-    assert mlx_av.fit_image(wide, 96, 64)[1]["crop_box"] == [75, 0, 225, 100]  # stage 1: the same box
+    fitted, info = fit.fit_image(wide, 192, 128)
+    assert fitted.size == (192, 128)
+    assert info == {"method": "cover+centre-crop", "source_size": [300, 100], "crop_box": [75, 0, 225, 100],
+                    "target_size": [192, 128]}  # fmt: skip
+    assert fit.cover_crop_box((100, 300), (192, 128)) == (0, 116, 100, 183)  # taller: centre rows
+    assert fit.fit_image(wide, 96, 64)[1]["crop_box"] == [75, 0, 225, 100]  # stage 1: the same box
     # The target's aspect ratio: nothing cropped, and exactly the package's own resize (load_image).
     same = tmp_path / "same.png"
     make_image(same, (384, 256))
-    pixels, info = mlx_av.fit_image(Image.open(same).convert("RGB"), 192, 128)
+    fitted, info = fit.fit_image(Image.open(same).convert("RGB"), 192, 128)
     assert info["crop_box"] == [0, 0, 384, 256]
+    pixels = np.asarray(fitted, dtype=np.uint8)  # what the backend encodes
+    assert pixels.shape == (128, 192, 3)
     from mlx_video.utils import load_image
 
     assert np.array_equal(pixels.astype(np.float32) / 255.0, np.array(load_image(str(same), 128, 192)))
@@ -260,7 +266,7 @@ def test_the_image_is_fitted_by_cover_and_centre_crop(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.open(make_image(tmp_path / "raw.png", (100, 300))).save(rotated, exif=exif)
-    upright = mlx_av.open_image(make_spec(image=str(rotated)))
+    upright = pipeline.open_image(make_spec(image=str(rotated)))
     assert upright.size == (300, 100)
 
 
@@ -368,7 +374,7 @@ def test_the_text_encoder_per_job_and_the_memory_limits_from_config(backend: mlx
 @pytest.mark.slow
 def test_a_split_quantized_folder_loads_like_the_q4_repo(tmp_path: Path) -> None:
     folder = tiny_mlx.build(tmp_path / "tiny-q4", layout="split", quantized=True)
-    assert mlx_av.weights_present(local_model(folder))
+    assert mlx_weights.weights_present(local_model(folder))
     b = mlx_av.create(local_model(folder), SimpleNamespace())
     try:
         clip = b.generate(make_spec(), Steps())
@@ -391,7 +397,7 @@ def test_the_clip_equals_the_package_entry_point_output(tmp_path: Path) -> None:
     with tiny_mlx.package_entry_point(folder) as run:
         frames, audio = run(spec.prompt, spec.height, spec.width, spec.num_frames, spec.seed, 24)
     assert np.array_equal(clip.frames, frames)
-    fitted, _ = mlx_av.fit_audio(audio, spec.num_frames / spec.fps, 24000)
+    fitted, _ = pipeline.normalise_and_fit_audio(audio, spec.num_frames / spec.fps, 24000)
     assert np.array_equal(clip.audio, fitted)
 
 
@@ -422,8 +428,8 @@ def test_image_to_video_conditions_the_clip_on_the_image(tmp_path: Path) -> None
     assert steps.calls == [("stage1", i, 8) for i in range(1, 9)] + [("stage2", i, 3) for i in range(1, 4)]
     info = first.info
     assert info["image_to_video"] and not plain.info["image_to_video"] and "image_fit" not in plain.info
-    assert info["image_fit"] == {"method": "cover+centre-crop", "original": [300, 200], "crop_box": [0, 0, 300, 200],
-                                 "target": [192, 128]}  # fmt: skip
+    assert info["image_fit"] == {"method": "cover+centre-crop", "source_size": [300, 200],
+                                 "crop_box": [0, 0, 300, 200], "target_size": [192, 128]}  # fmt: skip
     assert info["image_strength"] == 1.0 and weaker.info["image_strength"] == 0.5
     assert info["vae_encoder_load_s"] > 0 and again.info["vae_encoder_load_s"] == 0.0  # loaded once, then resident
     assert again.info["resident_memory_bytes"] > plain.info["resident_memory_bytes"]
@@ -434,13 +440,13 @@ def test_the_image_latent_replaces_the_first_frame_noised_by_one_minus_strength(
     upsampled = mx.full(shape, 5.0)
     image = mx.full((1, 128, 1, 2, 3), 2.0)
     noise = mx.full(shape, -1.0)
-    state = mlx_av._condition(upsampled, mx.zeros(shape), image, 1.0, mx.float32)
+    state = pipeline._condition(upsampled, mx.zeros(shape), image, 1.0, mx.float32)
     assert state.denoise_mask.reshape(-1).tolist() == [0.0, 1.0, 1.0]
     assert mx.array_equal(state.clean_latent[:, :, :1], image).item()
-    full = mlx_av._noise_state(state, noise, 0.909375, mx.float32)
+    full = pipeline._noise_state(state, noise, 0.909375, mx.float32)
     assert mx.array_equal(full[:, :, :1], image).item()  # strength 1: exactly the image
     assert mx.allclose(full[:, :, 1:], mx.full((1, 128, 2, 2, 3), -0.909375 + 5.0 * (1 - 0.909375))).item()
-    half = mlx_av._noise_state(mlx_av._condition(upsampled, mx.zeros(shape), image, 0.5, mx.float32), noise, 1.0,
+    half = pipeline._noise_state(pipeline._condition(upsampled, mx.zeros(shape), image, 0.5, mx.float32), noise, 1.0,
                                mx.float32)  # fmt: skip
     assert mx.allclose(half[:, :, :1], mx.full(image.shape, 0.5 * -1.0 + 0.5 * 2.0)).item()
 
@@ -460,7 +466,7 @@ def test_image_to_video_equals_the_package_entry_point_output(tmp_path: Path) ->
         frames, audio = run(spec.prompt, spec.height, spec.width, spec.num_frames, spec.seed, 24,
                             image=str(image), image_strength=0.8)  # fmt: skip
     assert np.array_equal(clip.frames, frames)
-    fitted, _ = mlx_av.fit_audio(audio, spec.num_frames / spec.fps, 24000)
+    fitted, _ = pipeline.normalise_and_fit_audio(audio, spec.num_frames / spec.fps, 24000)
     assert np.array_equal(clip.audio, fitted)
 
 

@@ -173,12 +173,11 @@ def test_an_image_changes_the_output_and_the_same_image_gives_the_same_frames(
     assert with_image.audio is not None
     assert with_image.info["pipeline"] == "LTX2ImageToVideoPipeline"
     assert with_image.info["image"] == {"strength": 1.0, "crf": diffusers_ltx.IMAGE_CRF}
-    # 160x100 covers 64x64 when scaled to 102x64; the centre 64 columns are kept.
+    # 160x100 covers 64x64 by its centre 100x100 (crop box in the source's pixels), resized once.
     assert with_image.info["image_fit"] == {
-        "method": "cover + centre-crop",
+        "method": "cover+centre-crop",
         "source_size": [160, 100],
-        "scaled_size": [102, 64],
-        "crop_box": [19, 0, 83, 64],
+        "crop_box": [30, 0, 130, 100],
         "target_size": [64, 64],
     }
 
@@ -240,18 +239,21 @@ def test_an_unreadable_image_is_a_backend_error_naming_it(ltx2: diffusers_ltx.Di
 
 
 def test_fit_image_covers_and_centre_crops() -> None:
-    landscape = Image.new("RGB", (400, 200))
-    fitted, fit = diffusers_ltx.fit_image(landscape, 96, 160)  # into a portrait frame
-    assert fitted.size == (96, 160)
-    assert fit["scaled_size"] == [320, 160] and fit["crop_box"] == [112, 0, 208, 160]
+    from hotfolder.media import fit_image
 
-    exact, fit = diffusers_ltx.fit_image(Image.new("RGB", (64, 32)), 128, 64)  # same aspect: scaled, no crop
-    assert exact.size == (128, 64) and fit["crop_box"] == [0, 0, 128, 64]
+    assert diffusers_ltx.fit_image is fit_image  # one rule for both backends (media.fit)
+    landscape = Image.new("RGB", (400, 200))
+    fitted, fit = fit_image(landscape, 96, 160)  # into a portrait frame: the centre 120x200 columns
+    assert fitted.size == (96, 160)
+    assert fit["source_size"] == [400, 200] and fit["crop_box"] == [140, 0, 260, 200]
+
+    exact, fit = fit_image(Image.new("RGB", (64, 32)), 128, 64)  # same aspect: scaled, no crop
+    assert exact.size == (128, 64) and fit["crop_box"] == [0, 0, 64, 32]
 
     # The centre survives the crop: a red stripe in the middle of a wide image stays in the frame.
     wide = np.zeros((100, 300, 3), dtype=np.uint8)
     wide[:, 140:160] = (255, 0, 0)
-    fitted, _ = diffusers_ltx.fit_image(Image.fromarray(wide), 64, 64)
+    fitted, _ = fit_image(Image.fromarray(wide), 64, 64)
     centre = np.asarray(fitted)[:, 28:36]
     assert centre[..., 0].mean() > 200 and centre[..., 1].mean() < 30
 

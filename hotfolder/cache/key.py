@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # attribute access only
     from hotfolder.config import ModelInfo
     from hotfolder.job.spec import JobSpec
 
-KEY_SCHEMA = 2  # bump when the key's encoding, its fields, or what a mode generates changes (2: two-stage production)
+KEY_SCHEMA = 3  # bump when the key, its fields or what is generated change (2: two-stage production; 3: image fit)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

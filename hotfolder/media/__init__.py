@@ -22,10 +22,10 @@ from hotfolder.media.ffmpeg import (
     replace_audio,
     write_wav,
 )
-from hotfolder.media.fit import MIX_RATE, describe_fit, describe_image_fit, fit_audio
+from hotfolder.media.fit import MIX_RATE, cover_crop_box, describe_fit, describe_image_fit, fit_audio, fit_image
 
 __all__ = [
     "ENCODE_TIMEOUT_S", "MIX_RATE", "TIMEOUT_S", "AudioInfo", "Clip", "MediaError", "MediaInfo", "VideoInfo",
-    "describe_fit", "describe_image_fit", "encode_mp4", "ffmpeg_exe", "fit_audio", "is_faststart", "make_gif",
-    "make_thumbnail", "mix_audio", "probe", "replace_audio", "write_wav",
+    "cover_crop_box", "describe_fit", "describe_image_fit", "encode_mp4", "ffmpeg_exe", "fit_audio", "fit_image",
+    "is_faststart", "make_gif", "make_thumbnail", "mix_audio", "probe", "replace_audio", "write_wav",
 ]

@@ -10,7 +10,7 @@ never downloading), `generate()` many times, `close()` to give the memory back.
   LTX-Video runs production as one stage at full size.
 - An image (`spec.image`): image-to-video through pipelines built over the resident
   modules (`cls(**pipe.components)`: the same weights, never a second copy), the image
-  fitted to each stage's size by cover + centre-crop.
+  fitted to each stage's size by cover + centre-crop (`media.fit.fit_image`, as the MLX backend).
 
 The `tiny` models are built in code by `hotfolder.backends.diffusers.tiny` (their output is
 noise). torch and diffusers are imported inside functions, so importing this
@@ -28,8 +28,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hotfolder import weights
 from hotfolder.backends import Clip, OnStep
 from hotfolder.errors import BackendError, HotfolderError, WeightsMissing
+from hotfolder.media.fit import fit_audio, fit_image
 
 if TYPE_CHECKING:
     from hotfolder.config import Config, ModelInfo
@@ -207,11 +209,9 @@ class DiffusersBackend:
                 f"model {self.model.name} has no Diffusers weights (it exists only for the MLX backend)",
                 hint='Use backend = "mlx" on Apple Silicon, or another model.',
             )
-        from huggingface_hub import snapshot_download
-
         try:
-            snapshot_download(self.model.diffusers_repo, revision=self.model.revision, local_files_only=True)
-        except OSError as e:  # huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError
+            weights.snapshot(self.model.diffusers_repo, self.model.revision, model_name=self.model.name)
+        except WeightsMissing as e:  # our own message: it names the repository and says incomplete pulls too
             raise self._missing() from e
         return self.model.diffusers_repo
 
@@ -353,8 +353,10 @@ class DiffusersBackend:
             sample_rate = int(pipe.vocoder.config.output_sampling_rate)
             audio = out.audio[0].detach().float().cpu().numpy()
             np.clip(audio, -1.0, 1.0, out=audio)
-            audio, native = fit_audio(audio, round(spec.num_frames / spec.fps * sample_rate))
-            info["audio_native_samples"] = native
+            # LTX-2 audio comes in 40 ms latent frames and its causal decoder drops the last 3 mel
+            # frames, so the native track is up to ~50 ms off the video's duration: fitted to it.
+            info["audio_native_samples"] = audio.shape[1]
+            audio = np.ascontiguousarray(fit_audio(audio, round(spec.num_frames / spec.fps * sample_rate)))
         elif is_ltx2 and not spec.generate_audio:
             info["audio"] = "dropped (generate_audio = false)"
 
@@ -629,13 +631,9 @@ class DiffusersBackend:
         if self.model.local_path:
             base = Path(self.model.local_path).expanduser()
         else:
-            from huggingface_hub import snapshot_download
-
             try:
-                base = Path(
-                    snapshot_download(self.model.diffusers_repo, revision=self.model.revision, local_files_only=True)
-                )
-            except OSError as e:
+                base = weights.snapshot(self.model.diffusers_repo, self.model.revision, model_name=self.model.name)
+            except WeightsMissing as e:
                 raise self._upsampler_missing("the model's snapshot is not in the local Hugging Face cache") from e
         folder = base / UPSAMPLER_SUBFOLDER
         if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
@@ -694,29 +692,6 @@ class _Run:
         return pipeline(callback_on_step_end=on_step_end, **kwargs)
 
 
-def fit_image(image: Any, width: int, height: int) -> tuple[Any, dict[str, Any]]:
-    """Cover `width` x `height` with a PIL `image`: scale it (keeping its aspect) until both
-    sides cover the frame, then crop the centre. Returns the fitted image and what was done."""
-    from PIL import Image
-
-    w, h = image.size
-    scale = max(width / w, height / h)
-    sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
-    left, top = (sw - width) // 2, (sh - height) // 2
-    box = (left, top, left + width, top + height)
-    fitted = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.Resampling.LANCZOS)
-    if (sw, sh) != (width, height):
-        fitted = fitted.crop(box)
-    fit = {
-        "method": "cover + centre-crop",
-        "source_size": [w, h],
-        "scaled_size": [sw, sh],
-        "crop_box": list(box),  # left, top, right, bottom in the scaled image
-        "target_size": [width, height],
-    }
-    return fitted, fit
-
-
 def compress_like_training(image: Any, crf: int, *, timeout: float = 60.0) -> Any:
     """`image` (PIL, RGB, even sides) through one H.264 frame at `crf` and back, with the bundled ffmpeg.
 
@@ -746,19 +721,3 @@ def compress_like_training(image: Any, crf: int, *, timeout: float = 60.0) -> An
     if len(raw.stdout) != w * h * 3:
         raise BackendError(f"re-compressing the conditioning image gave {len(raw.stdout)} bytes, not {w}x{h} RGB")
     return Image.fromarray(np.frombuffer(raw.stdout, np.uint8).reshape(h, w, 3))
-
-
-def fit_audio(audio: Any, samples: int) -> tuple[Any, int]:
-    """Pad with silence or trim `audio` (channels, n) to `samples`; returns it and the native length.
-
-    LTX-2 audio comes in 40 ms latent frames and its causal decoder drops the last
-    3 mel frames, so the native track is up to ~50 ms off the video's duration.
-    """
-    import numpy as np
-
-    native = audio.shape[1]
-    if native > samples:
-        audio = audio[:, :samples]
-    elif native < samples:
-        audio = np.pad(audio, ((0, 0), (0, samples - native)))
-    return np.ascontiguousarray(audio, dtype=np.float32), native

@@ -15,12 +15,19 @@ Image-to-video conditions the first latent frame of both stages on the job's
 image, encoded by the video VAE encoder (loaded on the first image job, then
 resident), as the package's `generate_video_with_audio(image=...)` does.
 
-It is built and checked against one version of the package (PINNED_VERSION),
-because it calls that version's internal functions. All MLX work runs on one
-thread that the backend owns: MLX's random seed and default device are
-process-wide and its streams belong to the thread that made them.
+It is built and checked against one version of the package
+(`choose.MLX_PINNED_VERSION`), because it calls that version's internal
+functions. All MLX work runs on one thread that the backend owns: MLX's random
+seed and default device are process-wide and its streams belong to the thread
+that made them.
 
-Deliberate differences from the package's entry point (defects: see below):
+Where things are: this module holds the backend and its MLX thread;
+`pipeline.py` the pipeline's pieces (denoise, conditioning, random-key
+bookkeeping, audio normalisation); `weights.py` finding, loading and auditing
+the weights; `patches.py` the workarounds for upstream defects (listed there);
+`choose.py` the package gate; `media/fit.py` how the image is fitted.
+
+Deliberate differences from the package's entry point:
 - no video writer, no ffmpeg mux: frames and audio go back in the `Clip`;
 - no download ever: weights come only from local folders and the Hugging Face
   cache (`hotfolder models pull NAME` fetches them);
@@ -35,76 +42,69 @@ Deliberate differences from the package's entry point (defects: see below):
 from __future__ import annotations
 
 import gc
-import json
+import importlib
 import queue
 import shutil
-import struct
 import tempfile
 import threading
 import time
 import weakref
 from concurrent.futures import Future
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hotfolder.backends import Clip, OnStep
-from hotfolder.errors import BackendError, HotfolderError, JobInvalid, Problem, WeightsMissing
+from hotfolder.backends import Clip, OnStep, choose
+from hotfolder.backends.choose import MLX_PACKAGE, MLX_PINNED_VERSION
+from hotfolder.backends.mlx import tiny as tiny_mlx
+from hotfolder.backends.mlx.patches import apply_rms_norm_fix
+from hotfolder.backends.mlx.pipeline import (
+    AUDIO_PEAK,
+    _check_spec,
+    _condition,
+    _count_draws,
+    _denoise,
+    _describe_tiling,
+    _encode_image,
+    _eval_in_chunks,
+    _memory_hint,
+    _noise_state,
+    _rng_key,
+    _skip_draws,
+    _tree_bytes,
+    normalise_and_fit_audio,
+    open_image,
+)
+from hotfolder.backends.mlx.weights import (
+    _load_text_encoder,
+    _load_transformer,
+    _load_vae_encoder,
+    _Parts,
+    _resolve,
+    _WeightAudit,
+)
+from hotfolder.errors import BackendError, HotfolderError
 
 if TYPE_CHECKING:
     from hotfolder.config import Config, ModelInfo
     from hotfolder.job.spec import JobSpec
 
-PACKAGE = "mlx-video-with-audio"
-PINNED_VERSION = "0.1.37"
-DEFAULT_TEXT_ENCODER = "mlx-community/gemma-3-12b-it-bf16"  # the package's default for MLX-format models
-AUDIO_PEAK = 0.95  # the package's WAV writer peak-normalises to this; we match it
 MAX_PROMPT_TOKENS = 1024  # as the package's entry point
-# Upsampler weights the package downloads when a model folder lacks them (LTX-2.3 split repos).
-UPSAMPLER_FALLBACK = {
-    False: ("Lightricks/LTX-2", "ltx-2-spatial-upscaler-x2-1.0.safetensors"),
-    True: ("Lightricks/LTX-2.3", "ltx-2.3-spatial-upscaler-x2-1.1.safetensors"),
-}
-SPLIT_FILES = ("transformer", "connector", "vae_decoder", "audio_vae", "vocoder")
 
-# Defects worked around here (mlx-video-with-audio 0.1.37, mlx 0.32.4):
-# - rms_norm: mlx_video.utils.rms_norm is compiled shapeless with a weight built from the
-#   first call's width; the transformer calls it at two widths (video, audio), which crashes
-#   on the CPU. Replaced by mx.fast.rms_norm(x, None, eps) (apply_rms_norm_fix).
-# - writer: its OpenCV 'avc1' writer fails silently on Linux and its ffmpeg mux uses
-#   -shortest from PATH. Never used: the Clip goes to the project's media code.
-# - strict=False: every loader keeps missing weights random. Checked (_WeightAudit).
-# - downloads: loaders fall back to the network. Never reached (_resolve).
-# - mlx: a thread that used MLX must call mx.clear_streams() before it ends (_MlxThread).
-
-
-def _package_problem() -> str | None:
-    """Checked when this module is imported (cheap: no MLX import)."""
-    try:
-        version = metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return f"{PACKAGE} is not installed (the MLX backend needs {PACKAGE}=={PINNED_VERSION})."
-    if version != PINNED_VERSION:
-        return (
-            f"{PACKAGE} {version} is installed, but hotfolder's MLX backend is built and tested against "
-            f"{PINNED_VERSION} only (it calls the package's internal functions). "
-            f"Install it with: pip install '{PACKAGE}=={PINNED_VERSION}'"
-        )
-    return None
-
-
-PACKAGE_PROBLEM = _package_problem()
+# Why the package cannot be used here (None when it can), from its metadata (choose.py, the one
+# home of the gate), checked once when this module is imported. A module attribute, so that a
+# test can put another answer in its place.
+PACKAGE_PROBLEM = choose.mlx_package_problem()
 
 
 def _require_package() -> None:
     if PACKAGE_PROBLEM:
-        raise BackendError(PACKAGE_PROBLEM, hint=f"pip install '{PACKAGE}=={PINNED_VERSION}'")
+        raise BackendError(PACKAGE_PROBLEM, hint=f"pip install '{MLX_PACKAGE}=={MLX_PINNED_VERSION}'")
 
 
-# --- what the lead's `auto` and `doctor` need ----------------------------------
+# --- what `doctor` needs ----------------------------------------------------
 
 
 def available() -> tuple[bool, str]:
@@ -113,29 +113,14 @@ def available() -> tuple[bool, str]:
         return False, PACKAGE_PROBLEM
     try:
         import mlx.core as mx
-        import mlx_video.generate_av  # noqa: F401
+
+        importlib.import_module("mlx_video.generate_av")
     except Exception as e:  # a missing libmlx raises OSError/ImportError, bad wheels anything
         return False, f"mlx does not import ({type(e).__name__}: {e}). On Linux install 'mlx[cpu]', on macOS 'mlx'."
     version = metadata.version("mlx")
     if mx.metal.is_available():
-        return True, f"mlx {version} on the Apple GPU (Metal), {PACKAGE} {PINNED_VERSION}"
+        return True, f"mlx {version} on the Apple GPU (Metal), {MLX_PACKAGE} {MLX_PINNED_VERSION}"
     return True, f"mlx {version} on the CPU only: works, but practical only for the tiny model"
-
-
-def weights_present(model: ModelInfo, config: Config | None = None) -> bool:
-    """Whether everything `model` needs is on this machine (never downloads, never slow)."""
-    if model.tiny:
-        return True  # built locally on first use
-    try:
-        _resolve(model)
-    except (WeightsMissing, BackendError):
-        return False
-    return True
-
-
-def is_model_folder(path: Path | str) -> bool:
-    """Whether a local folder holds an MLX LTX-2 model (unified or split), not a Diffusers one."""
-    return _model_dir_problem(Path(path).expanduser()) is None
 
 
 def create(model: ModelInfo, config: Config) -> MlxBackend:
@@ -150,34 +135,6 @@ def create(model: ModelInfo, config: Config) -> MlxBackend:
 
 
 # --- the backend ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Paths:
-    """Where a model's parts are on disk, resolved without network."""
-
-    model_dir: Path
-    text_encoder_dir: Path
-    upsampler: Path | None  # a separate upsampler file when the model folder lacks one
-    split: bool
-    quantized: bool
-    tiny: bool
-
-
-@dataclass
-class _Parts:
-    """The resident components."""
-
-    paths: _Paths
-    text_encoder: Any  # None when it is loaded per job
-    transformer: Any
-    upsampler: Any
-    vae_decoder: Any
-    audio_decoder: Any
-    vocoder: Any
-    draws_between_stages: int | None  # random draws the package makes while loading upsampler+VAE
-    resident_bytes: int
-    vae_encoder: Any = None  # image-to-video only: loaded on the first image job, then resident
 
 
 class MlxBackend:
@@ -455,14 +412,15 @@ class MlxBackend:
             mx.eval(waveform)
             rate = getattr(p.vocoder, "output_sampling_rate", getattr(p.vocoder, "output_sample_rate", 24000))
             sample_rate = int(rate)
-            audio_np, fitted = fit_audio(np.array(waveform.astype(mx.float32))[0], frames / fps, sample_rate)
+            waveform_np = np.array(waveform.astype(mx.float32))[0]
+            audio_np, fitted = normalise_and_fit_audio(waveform_np, frames / fps, sample_rate)
 
         steps1, steps2 = len(DEFAULT_STAGE_1_SIGMAS) - 1, len(DEFAULT_STAGE_2_SIGMAS) - 1
         info: dict[str, Any] = {
             "backend": self.name,
             "model": self.model.label,
             "device": self.device,
-            "package": f"{PACKAGE} {PINNED_VERSION}",
+            "package": f"{MLX_PACKAGE} {MLX_PINNED_VERSION}",
             "mlx": metadata.version("mlx"),
             "layout": "split" if p.paths.split else "unified",
             "quantized": p.paths.quantized,
@@ -485,11 +443,10 @@ class MlxBackend:
             **image_info,
         }
         if p.paths.tiny:
-            from hotfolder.backends.mlx.tiny import LABEL
-
             info["tiny"] = True
-            info["warning"] = LABEL
+            info["warning"] = tiny_mlx.LABEL
         return Clip(frames=pixels, fps=spec.fps, audio=audio_np, sample_rate=sample_rate, info=info)
+
 
 class _TinyFolder:
     """The tiny model's weights: built into a private temporary folder, removed on unload."""
@@ -499,7 +456,6 @@ class _TinyFolder:
 
     def build(self) -> Path:
         if self.path is None:
-            from hotfolder.backends.mlx import tiny as tiny_mlx
             self.path = tiny_mlx.build(Path(tempfile.mkdtemp(prefix="hotfolder-tiny-mlx-")))
         return self.path
 
@@ -559,582 +515,3 @@ class _MlxThread:
 
         gc.collect()
         mx.clear_streams()
-
-
-# --- pieces -----------------------------------------------------------------
-
-
-def _denoise(transformer, stage: str, video, audio, video_pos, audio_pos, embeddings, sigmas, on_step: OnStep,
-             state=None):  # fmt: skip
-    """The package's denoise loop, one step per call so that progress and cancel work.
-
-    `denoise_av` keeps no state between steps on this path (no gradient
-    estimation), so calling it on each pair of sigmas is the same loop. With
-    image conditioning (`state`: a LatentState), `denoise_av` starts from
-    `state.latent`, so each call gets the current latents in a copy of it.
-    It still prints its own "STAGE:n:STEP:1:1" line to stderr per call.
-    """
-    from mlx_video.conditioning.latent import LatentState
-    from mlx_video.generate_av import denoise_av
-
-    total = len(sigmas) - 1
-    for i in range(total):
-        step_state = None
-        if state is not None:
-            step_state = LatentState(latent=video, clean_latent=state.clean_latent, denoise_mask=state.denoise_mask)
-        video, audio = denoise_av(
-            video,
-            audio,
-            video_pos,
-            audio_pos,
-            embeddings[0],
-            embeddings[1],
-            None,  # no negative prompt: the distilled models run without guidance
-            None,
-            transformer,
-            sigmas[i : i + 2],
-            verbose=False,
-            video_state=step_state,
-            stage=1 if stage == "stage1" else 2,
-            cfg_scale=1.0,
-            use_legacy_euler=True,
-        )
-        on_step(stage, i + 1, total)
-    return video, audio
-
-
-def _condition(latent, clean, image_latent, strength: float, dtype):
-    """The package's LatentState + apply_conditioning for one image at latent frame 0."""
-    import mlx.core as mx
-    from mlx_video.conditioning import VideoConditionByLatentIndex, apply_conditioning
-    from mlx_video.conditioning.latent import LatentState
-
-    frames = latent.shape[2]
-    state = LatentState(latent=latent, clean_latent=clean, denoise_mask=mx.ones((1, 1, frames, 1, 1), dtype=dtype))
-    condition = VideoConditionByLatentIndex(latent=image_latent, frame_idx=min(0, frames - 1), strength=float(strength))
-    return apply_conditioning(state, [condition])
-
-
-def _noise_state(state, noise, sigma: float, dtype):
-    """The package's noiser: conditioned frames keep (1 - sigma * mask) of the image latent."""
-    import mlx.core as mx
-
-    scaled_mask = state.denoise_mask * mx.array(sigma, dtype=dtype)
-    latent = noise * scaled_mask + state.latent * (mx.array(1.0, dtype=dtype) - scaled_mask)
-    mx.eval(latent)
-    return latent
-
-
-def _check_spec(spec: JobSpec) -> None:
-    problems = []
-    if getattr(spec, "image", None):
-        strength = getattr(spec, "image_strength", 1.0)
-        if not 0 < strength <= 1:
-            problems.append(Problem(f"image.strength = {strength}: give a number greater than 0 and at most 1",
-                                    key="image.strength", value=strength))  # fmt: skip
-    for key in ("width", "height"):
-        value = getattr(spec, key)
-        if value <= 0 or value % 64:
-            problems.append(Problem(f"{key} = {value}: the MLX backend needs a multiple of 64", key=key, value=value))
-    if spec.num_frames < 1 or spec.num_frames % 8 != 1:
-        frames = spec.num_frames
-        problems.append(Problem(f"num_frames = {frames}: the MLX backend needs 8k+1", key="num_frames", value=frames))
-    if problems:
-        raise JobInvalid(spec.source, problems)
-
-
-def open_image(spec: JobSpec):
-    """The job's image as an RGB Pillow image, EXIF rotation applied; JobInvalid if unreadable."""
-    from PIL import Image, ImageOps
-
-    path = Path(spec.image)
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # a copy, upright as a viewer shows it
-            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image
-        raise JobInvalid(
-            spec.source, [Problem(f"image {path.name} cannot be read as an image: {e}", key="image.file")]
-        ) from e
-    return image
-
-
-def cover_crop_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The centred box of `size` (w, h) with the aspect ratio of `target` (w, h): cover, then crop."""
-    w, h = size
-    tw, th = target
-    if w * th > tw * h:  # wider than the target: keep the full height
-        cw = min(w, max(1, round(h * tw / th)))
-        left = (w - cw) // 2
-        return left, 0, left + cw, h
-    ch = min(h, max(1, round(w * th / tw)))
-    top = (h - ch) // 2
-    return 0, top, w, top + ch
-
-
-def fit_image(image, width: int, height: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cover `width` x `height` and centre-crop (Lanczos, from the original pixels).
-
-    With the target's aspect ratio the box is the whole image, and this is the
-    package's own `load_image` resize. Returns uint8 (height, width, 3) and what
-    was done, for the clip's metadata.
-    """
-    from PIL import Image
-
-    box = cover_crop_box(image.size, (width, height))
-    fitted = image.resize((width, height), Image.Resampling.LANCZOS, box=box)
-    info = {
-        "method": "cover+centre-crop",
-        "original": [image.size[0], image.size[1]],
-        "crop_box": list(box),  # left, top, right, bottom in the original's pixels
-        "target": [width, height],
-    }
-    return np.asarray(fitted, dtype=np.uint8), info
-
-
-def _encode_image(encoder, image, width: int, height: int, dtype):
-    """Image -> one normalised latent frame (1, 128, 1, height/32, width/32), as the package prepares it."""
-    import mlx.core as mx
-    from mlx_video.utils import prepare_image_for_encoding
-
-    pixels, info = fit_image(image, width, height)
-    tensor = mx.array(pixels.astype(np.float32) / 255.0, dtype=dtype)  # as mlx_video.utils.load_image
-    latent = encoder(prepare_image_for_encoding(tensor, height, width, dtype=dtype))
-    mx.eval(latent)
-    return latent, info
-
-
-def _load_vae_encoder(paths: _Paths, name: str):
-    """The package's video VAE encoder for image-to-video; WeightsMissing when the model lacks it."""
-    from mlx_video.models.ltx.video_vae.encoder import load_vae_encoder
-
-    model_dir = paths.model_dir
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        present = any(k.startswith("vae_encoder.") for k in _safetensors_keys(single))
-    else:
-        present = (model_dir / "vae_encoder.safetensors").is_file()
-    if not present:
-        where = "vae_encoder.* tensors in model.safetensors" if single.is_file() else "vae_encoder.safetensors"
-        raise WeightsMissing(
-            f"model {name}: image-to-video needs the video VAE encoder, and {model_dir} has no {where}.",
-            hint=f"The download may be incomplete. Run: hotfolder models pull {name}",
-        )
-    with _WeightAudit() as audit:
-        encoder = load_vae_encoder(str(model_dir), use_unified=True)  # as the package's entry point
-    audit.check(name, "video VAE encoder", encoder)
-    _eval_in_chunks([encoder.parameters()])
-    return encoder
-
-
-def _tree_bytes(tree) -> int:
-    from mlx.utils import tree_flatten
-
-    return sum(a.nbytes for _, a in tree_flatten(tree))
-
-
-def _memory_hint(error: Exception) -> str | None:
-    text = str(error).lower()
-    if "memory" in text or "allocat" in text:
-        return "out of memory: try mode = preview or a shorter duration, or set mlx_keep_text_encoder = false"
-    return None
-
-
-def _describe_tiling(tiling) -> str | None:
-    if tiling is None:
-        return None
-    parts = []
-    if tiling.spatial_config is not None:
-        c = tiling.spatial_config
-        parts.append(f"spatial {c.tile_size_in_pixels}px tiles, {c.tile_overlap_in_pixels}px overlap")
-    if tiling.temporal_config is not None:
-        c = tiling.temporal_config
-        parts.append(f"temporal {c.tile_size_in_frames}-frame tiles, {c.tile_overlap_in_frames} overlap")
-    return "; ".join(parts) or None
-
-
-def fit_audio(waveform: np.ndarray, duration: float, sample_rate: int) -> tuple[np.ndarray, int]:
-    """Peak-normalise as the package's writer does, then fit to the video's length (media.fit_audio).
-
-    The vocoder yields (4 * latents - 3) mel hops of audio, a few ms short of the
-    video. Returns the audio and the number of samples added (negative: removed).
-    """
-    from hotfolder.media import fit_audio as fit_to
-
-    audio = np.asarray(waveform, dtype=np.float32)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak > 1e-6:
-        audio = audio * np.float32(AUDIO_PEAK / peak)
-    target = round(duration * sample_rate)
-    delta = target - audio.shape[1]
-    return np.ascontiguousarray(np.clip(fit_to(audio, target), -1.0, 1.0)), delta
-
-
-def _resolve(model: ModelInfo, *, tiny_dir: Path | None = None) -> _Paths:
-    """Find the model's folders without network; WeightsMissing (fast) when absent."""
-    from hotfolder.backends.mlx import tiny as tiny_mlx
-    hint = f"Run: hotfolder models pull {model.name}"
-    if model.tiny:
-        assert tiny_dir is not None, "the backend builds the tiny model before resolving it"
-        model_dir, repo = tiny_dir, str(tiny_dir)
-    elif model.local_path:
-        model_dir = Path(model.local_path).expanduser()
-        repo = str(model_dir)
-        if not model_dir.is_dir():
-            raise WeightsMissing(f"model folder {model_dir} does not exist.", hint="check the path given as model")
-    else:
-        repo = model.mlx_repo or ""
-        model_dir = _hf_snapshot(repo, model.revision, model.name, hint)
-
-    problem = _model_dir_problem(model_dir)
-    if problem:
-        raise WeightsMissing(f"model {model.name}: {problem}", hint=hint)
-    split = not (model_dir / "model.safetensors").is_file()
-    manifest = _read_json(model_dir / "split_model.json")
-    quantized = bool(manifest.get("quantized", False))
-
-    if (model_dir / "text_encoder").is_dir():
-        text_encoder_dir = model_dir / "text_encoder"
-    else:
-        te_repo = model.mlx_text_encoder_repo or DEFAULT_TEXT_ENCODER
-        text_encoder_dir = _hf_snapshot(te_repo, None, model.name, hint)
-    te_problem = _text_encoder_problem(text_encoder_dir, model_dir)
-    if te_problem:
-        raise WeightsMissing(f"model {model.name}: text encoder {text_encoder_dir}: {te_problem}", hint=hint)
-
-    upsampler = None
-    if not _has_upsampler(model_dir):
-        from mlx_video.generate_av import _is_ltx_23_model
-
-        fallback_repo, filename = UPSAMPLER_FALLBACK[_is_ltx_23_model(repo, model_dir)]
-        upsampler = _hf_file(fallback_repo, filename, model.name, hint)
-    return _Paths(
-        model_dir=model_dir,
-        text_encoder_dir=text_encoder_dir,
-        upsampler=upsampler,
-        split=split,
-        quantized=quantized,
-        tiny=bool(_read_json(model_dir / tiny_mlx.ARCH_FILE).get("tiny")),
-    )
-
-
-def _hf_snapshot(repo: str, revision: str | None, name: str, hint: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=repo, revision=revision, local_files_only=True))
-    except Exception as e:  # LocalEntryNotFoundError, or a broken cache
-        raise WeightsMissing(
-            f"weights for model {name} are not on this machine ({repo} is not in the Hugging Face cache).", hint=hint
-        ) from e
-
-
-def _hf_file(repo: str, filename: str, name: str, hint: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=filename, local_files_only=True))
-    except Exception as e:
-        raise WeightsMissing(
-            f"model {name} needs the spatial upsampler {repo}/{filename}, which is not in the Hugging Face cache.",
-            hint=hint,
-        ) from e
-
-
-def _model_dir_problem(model_dir: Path) -> str | None:
-    if not (model_dir / "config.json").is_file():
-        return f"{model_dir} has no config.json: not an MLX LTX-2 model folder (or an incomplete download)."
-    if (model_dir / "model.safetensors").is_file():
-        return None
-    missing = [f"{part}.safetensors" for part in SPLIT_FILES if not (model_dir / f"{part}.safetensors").is_file()]
-    if missing:
-        return f"{model_dir} has neither model.safetensors nor {', '.join(missing)}."
-    return None
-
-
-def _text_encoder_problem(text_encoder_dir: Path, model_dir: Path) -> str | None:
-    if not (text_encoder_dir / "config.json").is_file():
-        return "no config.json"
-    if not any(text_encoder_dir.glob("*.safetensors")):
-        return "no *.safetensors weights"
-    tokenizer_dirs = (model_dir / "tokenizer", text_encoder_dir)
-    if not any((d / f).is_file() for d in tokenizer_dirs for f in ("tokenizer.json", "tokenizer.model")):
-        return "no tokenizer (tokenizer.json or tokenizer.model)"
-    return None
-
-
-def _has_upsampler(model_dir: Path) -> bool:
-    if (model_dir / "upsampler.safetensors").is_file():
-        return True
-    single = model_dir / "model.safetensors"
-    return single.is_file() and any(k.startswith("upsampler.") for k in _safetensors_keys(single))
-
-
-def _safetensors_keys(path: Path) -> list[str]:
-    """Tensor names from the header only (cheap even for a 42 GB file)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return [k for k in header if k != "__metadata__"]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _load_text_encoder(paths: _Paths, name: str):
-    import mlx.core as mx
-    from mlx_video.models.ltx.text_encoder import LTX2TextEncoder
-
-    with _WeightAudit() as audit:
-        encoder = LTX2TextEncoder()
-        encoder.load(model_path=paths.model_dir, text_encoder_path=str(paths.text_encoder_dir), use_unified=True)
-    audit.check(name, "text encoder", encoder)
-    mx.eval(encoder.parameters())
-    return encoder
-
-
-def transformer_config(model_dir: Path) -> dict[str, Any]:
-    """The package's transformer config for an MLX-format model (generate_av.py:1493-1553).
-
-    Sizes the package hard-codes (48 layers, 32 x 128 heads) can be overridden by
-    `hotfolder_arch.json` in the model folder, which only the tiny model has.
-    """
-    from mlx_video.generate_av import AUDIO_LATENT_CHANNELS, AUDIO_MEL_BINS
-    from mlx_video.models.ltx.config import LTXModelType, LTXRopeType
-
-    from hotfolder.backends.mlx import tiny as tiny_mlx
-    t_cfg = _read_json(model_dir / "embedded_config.json").get("transformer", {})
-    first = t_cfg.get("caption_projection_first_linear", True)
-    second = t_cfg.get("caption_projection_second_linear", True)
-    gated = bool(t_cfg.get("apply_gated_attention", False))
-    if not first and not second:
-        caption = t_cfg.get("connector_num_attention_heads", 32) * t_cfg.get("connector_attention_head_dim", 128)
-        audio_caption = t_cfg.get("audio_connector_num_attention_heads", 32) * t_cfg.get(
-            "audio_connector_attention_head_dim", 64
-        )
-    else:
-        caption = t_cfg.get("caption_channels", 3840)
-        audio_caption = t_cfg.get("audio_caption_channels", 3840)
-    cfg: dict[str, Any] = dict(
-        model_type=LTXModelType.AudioVideo,
-        num_attention_heads=32,
-        attention_head_dim=128,
-        in_channels=128,
-        out_channels=128,
-        num_layers=48,
-        cross_attention_dim=4096,
-        caption_channels=caption,
-        caption_projection_first_linear=first,
-        caption_projection_second_linear=second,
-        adaln_embedding_coefficient=9 if gated else 6,
-        apply_gated_attention=gated,
-        audio_num_attention_heads=32,
-        audio_attention_head_dim=64,
-        audio_in_channels=AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS,
-        audio_out_channels=AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS,
-        audio_cross_attention_dim=2048,
-        audio_caption_channels=audio_caption,
-        rope_type=LTXRopeType.SPLIT,
-        double_precision_rope=True,
-        positional_embedding_theta=10000.0,
-        positional_embedding_max_pos=[20, 2048, 2048],
-        audio_positional_embedding_max_pos=[20],
-        use_middle_indices_grid=True,
-        timestep_scale_multiplier=1000,
-    )
-    cfg.update(_read_json(model_dir / tiny_mlx.ARCH_FILE).get("transformer", {}))
-    return cfg
-
-
-def _load_transformer(paths: _Paths, name: str):
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-    from mlx_video.generate_av import load_unified_weights
-    from mlx_video.models.ltx.config import LTXModelConfig
-    from mlx_video.models.ltx.ltx import LTXModel
-
-    weights = load_unified_weights(paths.model_dir, "transformer.")
-    model = LTXModel(LTXModelConfig(**transformer_config(paths.model_dir)))
-    if paths.quantized:  # as the package: quantize the Linear layers that have scales
-        manifest = _read_json(paths.model_dir / "split_model.json")
-        quantized = {k.rsplit(".", 1)[0] for k in weights if k.endswith(".scales")}
-        nn.quantize(
-            model,
-            group_size=manifest.get("quantization_group_size", 64),
-            bits=manifest.get("quantization_bits", 4),
-            class_predicate=lambda path, module: isinstance(module, nn.Linear) and path in quantized,
-        )
-    expected = dict(tree_flatten(model.parameters()))
-    missing = sorted(expected.keys() - weights.keys())
-    wrong = sorted(k for k in expected.keys() & weights.keys() if tuple(weights[k].shape) != tuple(expected[k].shape))
-    if missing or wrong:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} of {len(expected)} parameters missing (e.g. {', '.join(missing[:3])})")
-        if wrong:
-            k = wrong[0]
-            got, want = tuple(weights[k].shape), tuple(expected[k].shape)
-            detail.append(f"{len(wrong)} with another shape (e.g. {k}: {got} instead of {want})")
-        raise _mismatch(name, "transformer", "; ".join(detail))
-    model.load_weights(list(weights.items()), strict=False)
-    return model
-
-
-def _mismatch(name: str, component: str, detail: str) -> WeightsMissing:
-    return WeightsMissing(
-        f"model {name}: the {component} weights do not match what {PACKAGE} {PINNED_VERSION} builds: {detail}.",
-        hint=f"The download may be incomplete or of another version. Run: hotfolder models pull {name}",
-    )
-
-
-class _WeightAudit:
-    """Records what the package's loaders read from disk, to find parameters left random.
-
-    The loaders call `load_weights(strict=False)` and set a few arrays by hand
-    (latent statistics, registers). While active, this notes the keys given to
-    `load_weights` and the arrays `mx.load` returned; a parameter that is neither
-    was never loaded. Used only on the MLX thread, only while loading.
-    """
-
-    def __enter__(self) -> _WeightAudit:
-        import mlx.core as mx
-        import mlx.nn as nn
-
-        self._calls: list[tuple[Any, set[str]]] = []
-        self._from_disk: list[Any] = []  # kept alive so that ids stay unique
-        self._mx, self._nn = mx, nn
-        self._load, self._load_weights = mx.load, nn.Module.load_weights
-        audit = self
-
-        def load(*args, **kwargs):
-            result = audit._load(*args, **kwargs)
-            if isinstance(result, dict):
-                audit._from_disk.extend(result.values())
-            return result
-
-        def load_weights(module, file_or_weights, strict=True):
-            weights = file_or_weights
-            if isinstance(weights, str):
-                weights = list(load(weights).items())
-            weights = list(weights)
-            audit._calls.append((module, {k for k, _ in weights}))
-            return audit._load_weights(module, weights, strict=strict)
-
-        mx.load = load
-        nn.Module.load_weights = load_weights
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mx.load = self._load
-        self._nn.Module.load_weights = self._load_weights
-
-    def check(self, name: str, component: str, module) -> None:
-        from mlx.utils import tree_flatten
-
-        paths = {id(m): path for path, m in module.named_modules()}
-        covered: set[str] = set()
-        for loaded_module, keys in self._calls:
-            if id(loaded_module) in paths:
-                prefix = paths[id(loaded_module)]
-                covered |= {f"{prefix}.{k}" if prefix else k for k in keys}
-        from_disk = {id(a) for a in self._from_disk}
-        params = dict(tree_flatten(module.parameters()))
-        missing = sorted(
-            k for k, v in params.items() if k not in covered and id(v) not in from_disk and not _optional(module, k)
-        )
-        if missing:
-            raise _mismatch(
-                name, component, f"{len(missing)} of {len(params)} parameters missing (e.g. {', '.join(missing[:3])})"
-            )
-
-
-def _optional(module, key: str) -> bool:
-    """Checkpoint-only buffers a vocoder may lack: unused unless they feed bandwidth extension."""
-    if ".mel_stft." in f".{key}":
-        return not (type(module).__name__ == "VocoderWithBWE" and key.startswith("mel_stft."))
-    return False
-
-
-def _eval_in_chunks(trees, max_bytes: int = 512 * 2**20) -> None:
-    """Materialise weights in bounded batches (one huge eval can trip the macOS GPU watchdog)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    batch, size = [], 0
-    for tree in trees:
-        for _, array in tree_flatten(tree):
-            batch.append(array)
-            size += array.nbytes
-            if size >= max_bytes or len(batch) >= 64:
-                mx.eval(*batch)
-                batch, size = [], 0
-    if batch:
-        mx.eval(*batch)
-
-
-def _rng_key():
-    import mlx.core as mx
-
-    key = mx.array(mx.random.state[0])
-    mx.eval(key)
-    return key
-
-
-def _count_draws(before, after, limit: int = 10_000) -> int | None:
-    """How many times the global random key was split between two states."""
-    import mlx.core as mx
-
-    key = before
-    for n in range(limit + 1):
-        if mx.array_equal(key, after).item():
-            return n
-        key = mx.random.split(key)[0]
-    return None
-
-
-def _skip_draws(count: int | None) -> None:
-    """Advance the global random key as `count` draws would (empty draws: no work)."""
-    import mlx.core as mx
-
-    for _ in range(count or 0):
-        mx.random.uniform(shape=(0,))
-
-
-def _rms_norm_fixed(x, eps: float = 1e-6):
-    import mlx.core as mx
-
-    return mx.fast.rms_norm(x, None, eps)
-
-
-def apply_rms_norm_fix() -> None:
-    """Swap the package's broken compiled `rms_norm` in the modules that call it (idempotent)."""
-    from mlx_video.models.ltx import text_encoder, transformer
-
-    text_encoder.rms_norm = _rms_norm_fixed
-    transformer.rms_norm = _rms_norm_fixed
-
-
-def upstream_rms_norm_is_broken() -> bool:
-    """Probe the package's own `mlx_video.utils.rms_norm`: narrow first, then wide.
-
-    That order fails on the CPU (a broadcast error) and reads past the weight on
-    a GPU. Float16 5-D inputs keep the compiled function's cache entries for the
-    pipeline's shapes untouched. True while the upstream bug exists.
-    """
-    import mlx.core as mx
-    from mlx_video.utils import rms_norm
-
-    narrow = mx.full((1, 1, 1, 2, 4), 3.0, dtype=mx.float16)
-    wide = mx.full((1, 1, 1, 2, 8), 3.0, dtype=mx.float16)
-    try:
-        mx.eval(rms_norm(narrow))
-        out = rms_norm(wide)
-        mx.eval(out)
-    except Exception:
-        return True
-    return tuple(out.shape) != tuple(wide.shape) or not mx.allclose(out, mx.ones_like(wide), atol=1e-2).item()

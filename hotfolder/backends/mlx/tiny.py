@@ -48,9 +48,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from hotfolder.backends.mlx.patches import apply_rms_norm_fix
+
 TINY_VERSION = 1
 LABEL = "tiny random weights: the output is noise, for tests and the demo"
-ARCH_FILE = "hotfolder_arch.json"  # sizes the package hard-codes; read by mlx_av
+ARCH_FILE = "hotfolder_arch.json"  # sizes the package hard-codes; read by weights.py
 
 # Gemma 3 text model: 2 layers of width 32 (the real one: 48 layers of 3840).
 GEMMA: dict[str, Any] = {
@@ -182,7 +184,7 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
     except the rms_norm fix (which is correct everywhere):
     - the entry point's hard-coded 48-layer transformer config gets the sizes in
       `hotfolder_arch.json` (nothing else in the package shrinks the transformer);
-    - the package's rms_norm bug is worked around (`mlx_av.apply_rms_norm_fix`);
+    - the package's rms_norm bug is worked around (`patches.apply_rms_norm_fix`);
     - its file output is stubbed: the OpenCV 'avc1' writer fails silently on Linux
       and the ffmpeg mux needs ffmpeg on PATH. Everything before the writing
       (loading, both stages, both decoders) runs unchanged.
@@ -190,8 +192,6 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
     -> (frames, audio)`; with an image, the package's image-to-video at frame 0.
     """
     import mlx_video.generate_av as gav
-
-    from hotfolder.backends.mlx.backend import apply_rms_norm_fix
 
     arch = json.loads((Path(model_dir) / ARCH_FILE).read_text(encoding="utf-8"))["transformer"]
     original_config, original_mux = gav.LTXModelConfig, gav.mux_video_audio
