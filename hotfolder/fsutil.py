@@ -89,6 +89,66 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
+# ----------------------------------------------------------- exclusive placement
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Move `src` to `dst` in one step, failing with FileExistsError if anything is at `dst` (never overwrites).
+
+    Linux `renameat2(RENAME_NOREPLACE)`, macOS `renamex_np(RENAME_EXCL)`; elsewhere (or on a
+    filesystem without them) a hard link then unlink for a file, an exclusive mkdir then a
+    rename onto that empty placeholder for a folder. Two processes placing the same name at
+    the same moment: one wins, the other gets FileExistsError and tries the next name.
+    """
+    if _rename_excl(src, dst):
+        return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
+    st = os.lstat(src)
+    if stat.S_ISDIR(st.st_mode):
+        os.mkdir(dst)  # exclusive: FileExistsError if another got there first
+        try:
+            os.rename(src, dst)  # replaces only our own empty placeholder
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(dst)
+            raise
+        return
+    os.link(src, dst, follow_symlinks=False)  # exclusive: FileExistsError if taken
+    os.unlink(src)
+
+
+_RENAME_EXCL_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _rename_excl(src: Path, dst: Path) -> bool:
+    """The OS's own no-replace rename; False where it has none (the caller falls back)."""
+    import ctypes
+
+    try:
+        if sys.platform.startswith("linux"):
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            ok = fn(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0  # AT_FDCWD, RENAME_NOREPLACE
+        elif sys.platform == "darwin":
+            fn = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True).renamex_np
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            ok = fn(os.fsencode(src), os.fsencode(dst), 0x4) == 0  # RENAME_EXCL
+        else:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if ok:
+        return True
+    err = ctypes.get_errno()
+    if err in _RENAME_EXCL_UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(dst)) if err != errno.EEXIST else FileExistsError(
+        err, os.strerror(err), str(dst))
+
+
 # ----------------------------------------------------------- the primitives
 
 

@@ -16,7 +16,6 @@ when it has settled is `arrivals.py`'s part; `Spool.inbox` is that watcher.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import shutil
@@ -28,9 +27,9 @@ from typing import Any, Callable
 
 from hotfolder.config import Config
 from hotfolder.folders.arrivals import Arrivals, Candidate
-from hotfolder.errors import UsageError
+
 from hotfolder.fsutil import read_json, write_json_atomic
-from hotfolder.job.names import free_paths, is_ignored
+from hotfolder.job.names import is_ignored, move_to_free_name
 
 CANCEL_MARKER = "cancel"  # processing/<job>/cancel: `hotfolder cancel` asks the daemon to stop this job
 
@@ -245,7 +244,7 @@ class Spool:
             job.save()
             crash_point("delivering")
 
-        target = _rename_to_free(built, self.config.outbox, f"{timestamp()}_{name}", before=journal)
+        target = move_to_free_name(built, self.config.outbox, f"{timestamp()}_{name}", before=journal)
         crash_point("delivered")
         job.done[str(index)] = target.name
         job.save()
@@ -281,7 +280,7 @@ class Spool:
         (build / "error.txt").write_text(_error_text(error), encoding="utf-8")
         if job.log_file.exists():
             shutil.copy2(job.log_file, build / f"{name}.log")
-        target = _rename_to_free(build, self.config.failed, f"{timestamp()}_{name}")
+        target = move_to_free_name(build, self.config.failed, f"{timestamp()}_{name}")
         if index is None:
             self.finish(job)
         else:
@@ -292,21 +291,6 @@ class Spool:
     def finish(self, job: Job) -> None:
         """The job is fully delivered or failed: its processing/ folder goes."""
         shutil.rmtree(job.folder, ignore_errors=True)
-
-
-def _rename_to_free(src: Path, folder: Path, base: str, *, before: Callable[[Path], None] | None = None) -> Path:
-    """Move `src` to folder/base (or "base 2", ...) with one rename; a name taken meanwhile is skipped."""
-    for target in free_paths(folder, base):
-        if before is not None:
-            before(target)
-        try:
-            os.rename(src, target)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                continue
-            raise
-        return target
-    raise UsageError(f"no free name for {base} in {folder}: move some results out of it.")
 
 
 def cancelled_error(by: str) -> dict[str, Any]:
