@@ -18,7 +18,7 @@ LAYERS = [
     ("foundation", ["hotfolder", "hotfolder.errors", "hotfolder.config", "hotfolder.fsutil", "hotfolder.log",
                     "hotfolder.weights"]),
     ("parts", ["hotfolder.job", "hotfolder.folders", "hotfolder.cache", "hotfolder.media", "hotfolder.backends",
-               "hotfolder.service"]),
+               "hotfolder.service", "hotfolder.gallery"]),
     ("daemon", ["hotfolder.daemon"]),
     ("commands", ["hotfolder.commands"]),
     ("entry", ["hotfolder.cli", "hotfolder.__main__"]),
