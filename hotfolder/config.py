@@ -1,21 +1,36 @@
-"""The frozen `Config` every part of the daemon reads, and the tables it carries.
+"""The frozen `Config` every part of the daemon reads, the tables it carries, and the config file's check.
 
 Precedence, lowest first: built-in defaults < config.toml < environment
 (`HOTFOLDER_ROOT`) < command-line flags. Nothing below the CLI reads argv or the
 environment; they get a `Config`.
+
+The config file and job files are both files a person typed, so both are read and
+checked by the same machinery, at the end of this module (the lowest layer both can
+reach): `read_text_file` takes only a plain file (never a pipe, a socket or a device)
+and never more than its limit; `load_toml` turns any parser failure into a message with
+the line and column; `Checker` says the key, the value as written, what is allowed and
+a did-you-mean. The settings' rules are here (`CONFIG_KEYS`, `MODEL_KEYS`); the job
+keys' rules are `job/spec.py`'s, which also checks the file's [defaults] and presets
+(`spec.check_config`).
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
+import json
+import math
 import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import platformdirs
 
-from hotfolder.errors import UsageError
+from hotfolder.errors import Problem, UsageError
 
 APP = "hotfolder"
 
@@ -121,31 +136,83 @@ JOB_DEFAULTS: dict[str, Any] = {
 # Inbox subfolders that apply defaults: inbox/<name>/ -> these keys.
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {name: {"format": name} for name in FORMATS}
 
-CONFIG_KEYS = {
-    "root": str,
-    "settle_seconds": (int, float),
-    "rescan_seconds": (int, float),
-    "backend": str,
-    "model": str,
-    "max_prompt_bytes": int,
-    "max_attachment_bytes": int,
-    "attachment_wait_seconds": (int, float),
-    "max_attempts": int,
-    "retry_backoff_seconds": (int, float),
-    "cache_dir": str,
-    "cache_max_bytes": int,
-    "log_dir": str,
-    "state_dir": str,
-    "polling": bool,
-    "idle_unload_minutes": (int, float),
-    "mlx_keep_text_encoder": bool,
-    "mlx_memory_limit_gb": (int, float),
-    "mlx_cache_limit_gb": (int, float),
-    "notifications": bool,
-    "defaults": dict,
-    "presets": dict,
-    "models": dict,
+# What a job file may hold; `job/spec.py` gives each key its rule. Kept with the other job tables
+# so that the config file's check can tell a job key written at its top level ("put it under [defaults]").
+JOB_KEYS = (
+    "prompt", "negative_prompt", "format", "mode", "duration", "fps", "seed", "steps", "width", "height",
+    "priority", "cache", "backend", "model", "image", "audio", "output", "jobs",
+)  # fmt: skip
+JOB_TABLES: dict[str, tuple[str, ...]] = {
+    "audio": ("file", "generate", "tts"),
+    "output": ("name", "gif", "thumbnail"),
+    "image": ("file", "strength"),
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one key of the config file (or of a [models.NAME] table) may be set to."""
+
+    kind: str  # "number" | "integer" | "bool" | "text" | "path" | "choice" | "table"
+    allowed: str = ""  # the rule in words, for the message
+    ok: Callable[[Any], bool] = lambda value: True
+    choices: Callable[[], tuple[str, ...]] = tuple  # "choice": read when checked (tests add backends)
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def _above(low: float) -> Callable[[Any], bool]:
+    return lambda value: value > low
+
+
+CONFIG_KEYS: dict[str, Setting] = {
+    "root": Setting("path"),
+    "settle_seconds": Setting("number", "give seconds, 0 or more", _at_least(0)),
+    "rescan_seconds": Setting("number", "give seconds greater than 0 (the inbox is rescanned this often)", _above(0)),
+    "backend": Setting("choice", choices=lambda: ("auto", *BACKEND_MODULES)),
+    "model": Setting("text", "give a model name from [models] (`hotfolder models list`) or a folder of weights"),
+    "max_prompt_bytes": Setting("integer", "give a whole number of bytes greater than 0", _above(0)),
+    "max_attachment_bytes": Setting("integer", "give a whole number of bytes greater than 0 (2 GiB is 2147483648)",
+                                    _above(0)),
+    "attachment_wait_seconds": Setting("number", "give seconds, 0 or more", _at_least(0)),
+    "max_attempts": Setting("integer", "give a whole number, 1 or more (1: a failed generation is not tried again)",
+                            _at_least(1)),
+    "retry_backoff_seconds": Setting("number", "give seconds, 0 or more", _at_least(0)),
+    "cache_dir": Setting("path"),
+    "cache_max_bytes": Setting("integer", "give a whole number of bytes, 0 or more (20 GiB is 21474836480; "
+                               "0 keeps nothing)", _at_least(0)),
+    "log_dir": Setting("path"),
+    "state_dir": Setting("path"),
+    "polling": Setting("bool"),
+    "idle_unload_minutes": Setting("number", "give minutes, 0 or more (0 keeps the model loaded)", _at_least(0)),
+    "mlx_keep_text_encoder": Setting("bool"),
+    "mlx_memory_limit_gb": Setting("number", "give GiB (2**30 bytes) greater than 0", _above(0)),
+    "mlx_cache_limit_gb": Setting("number", "give GiB (2**30 bytes), 0 or more", _at_least(0)),
+    "notifications": Setting("bool"),
+    "defaults": Setting("table", "job keys for every job, like duration = 8.0"),
+    "presets": Setting("table", "one table per inbox folder, like [presets.longform] with mode = \"production\""),
+    "models": Setting("table", "one table per model, like [models.my-ltx] with diffusers_repo = \"me/my-ltx\""),
+}
+
+# The keys of a [models.NAME] table: ModelInfo's fields (its name is the table's name).
+MODEL_FAMILIES = ("ltx2", "ltx")
+_REPO = 'give a Hugging Face repository, like "Lightricks/LTX-2"'
+MODEL_KEYS: dict[str, Setting] = {
+    "family": Setting("choice", choices=lambda: MODEL_FAMILIES),
+    "diffusers_repo": Setting("text", _REPO),
+    "mlx_repo": Setting("text", _REPO),
+    "mlx_text_encoder_repo": Setting("text", _REPO),
+    "revision": Setting("text", "give a branch, tag or commit of the repository"),
+    "has_audio": Setting("bool"),
+    "max_duration": Setting("number", "give seconds greater than 0", _above(0)),
+    "guidance": Setting("number", "give a number, 0 or more", _at_least(0)),
+    "tiny": Setting("bool"),
+    "size_gb": Setting("number", "give the weights' size in GB (10**9 bytes), 0 or more", _at_least(0)),
+    "local_path": Setting("path"),
+}
+CONFIG_MAX_BYTES = 1024 * 1024  # a config file is a few kB: more is a wrong file
 
 PATH_KEYS = ("cache_dir", "log_dir", "state_dir")
 TABLE_KEYS = ("defaults", "presets", "models")  # merged with the built-in tables below
@@ -161,19 +228,19 @@ class Config:
     backend: str = "auto"  # the default for jobs that say "auto"
     model: str = "ltx-2"  # the default model for jobs that name none
     max_prompt_bytes: int = 1024 * 1024
-    max_attachment_bytes: int = 2 * 1024**3  # an image or audio file a job names
+    max_attachment_bytes: int = 2 * 1024**3  # 2 GiB: an image or audio file a job names
     attachment_wait_seconds: float = 300.0  # how long a loose job file waits for the files it names
     max_attempts: int = 2
     retry_backoff_seconds: float = 5.0  # first retry after this; each later one waits 4x longer (max 5 min)
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP)))
-    cache_max_bytes: int = 20 * 1024**3
+    cache_max_bytes: int = 20 * 1024**3  # 20 GiB
     log_dir: Path = field(default_factory=lambda: Path(platformdirs.user_log_dir(APP)))
     state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP)))
     polling: bool = False
     idle_unload_minutes: float = 30.0  # free the model after this long without a job; 0 keeps it forever
     mlx_keep_text_encoder: bool = True  # False: load Gemma per job (Gemma + LTX-2 in bf16 exceed 64 GB)
-    mlx_memory_limit_gb: float | None = None
-    mlx_cache_limit_gb: float | None = None
+    mlx_memory_limit_gb: float | None = None  # GiB (2**30 bytes)
+    mlx_cache_limit_gb: float | None = None  # GiB
     notifications: bool = True
     job_defaults: Mapping[str, Any] = field(default_factory=lambda: dict(JOB_DEFAULTS))
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
@@ -237,36 +304,38 @@ def load_config(
     env: Mapping[str, str] | None = None,
     **flags: Any,
 ) -> Config:
-    """Build the Config: defaults < config.toml < environment < flags."""
+    """Build the Config: defaults < config.toml < environment < flags.
+
+    The file is checked first, every key at once: a UsageError (exit 2) names the file,
+    each key, its value and what is allowed. Its job keys ([defaults], presets) are checked
+    with the job rules by `job.spec.check_config`.
+    """
     env = os.environ if env is None else env
     explicit = config_file is not None
     path = config_file or default_config_file()
     data: dict[str, Any] = {}
-    if path.is_file():
+    exists = os.path.lexists(path)
+    if exists:
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"config file {path}: {e}. Fix the TOML syntax there.") from e
-        except UnicodeDecodeError as e:
-            raise UsageError(f"config file {path} is not UTF-8 text ({e}).") from e
+            data = load_toml(read_text_file(path, limit=CONFIG_MAX_BYTES, follow_links=True,
+                                            limit_note="for a config file"), example='model = "ltx-2"')
+        except TextInvalid as e:
+            raise UsageError(f"config file {path}: {e.problem.message}. Fix it there, or move it away and run "
+                             "`hotfolder config init` for a fresh documented one.") from None
     elif explicit:
         raise UsageError(f"config file {path} does not exist. Create it with `hotfolder config init` or drop --config.")
+    problems = check_settings(data)
+    if problems:
+        raise UsageError(config_problems(path, problems))
 
-    for key, value in data.items():
-        if key not in CONFIG_KEYS:
-            raise UsageError(f"config file {path}: unknown key {key!r}. Allowed: {', '.join(sorted(CONFIG_KEYS))}.")
-        want = CONFIG_KEYS[key]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise UsageError(f"config file {path}: {key} = {value!r} has the wrong type.")
-
-    kwargs: dict[str, Any] = {"config_file": path if path.is_file() else None}
+    kwargs: dict[str, Any] = {"config_file": path if exists else None}
     origins: dict[str, str] = {}
     in_file = f"config file {path}"
     for key, value in data.items():
         if key in PATH_KEYS:
             kwargs[key] = Path(value).expanduser()
         elif key not in TABLE_KEYS and key != "root":  # a plain setting: a Config field of the same name
-            kwargs[key] = float(value) if CONFIG_KEYS[key] == (int, float) else value
+            kwargs[key] = float(value) if CONFIG_KEYS[key].kind == "number" else value
         if key not in TABLE_KEYS and key != "root":
             origins[key] = in_file
     if "defaults" in data:
@@ -286,10 +355,8 @@ def load_config(
         models = dict(BUILTIN_MODELS)
         for name, table in data["models"].items():
             base = models.get(name, ModelInfo(name=name, family="ltx2"))
-            try:
-                models[name] = replace(base, name=name, **table)
-            except TypeError as e:
-                raise UsageError(f"config file {path}: [models.{name}]: {e}") from e
+            models[name] = replace(base, name=name, **{k: float(v) if MODEL_KEYS[k].kind == "number" else v
+                                                       for k, v in table.items()})
             origins[f"models.{name}"] = f"built in, changed in {in_file}" if name in BUILTIN_MODELS else in_file
         kwargs["models"] = models
 
@@ -311,3 +378,401 @@ def load_config(
         allowed = ", ".join(("auto", *BACKEND_MODULES))
         raise UsageError(f"backend {kwargs['backend']!r} is not one of {allowed}.")
     return Config(**kwargs)
+
+
+def config_problems(path: Path | None, problems: list[Problem]) -> str:
+    """The UsageError text for a config file's problems: the file, then each problem on its own line."""
+    where = f"config file {path}" if path is not None else "the configuration"
+    unique = list(dict.fromkeys(p.message for p in problems))
+    body = f" {unique[0]}" if len(unique) == 1 else "\n  " + "\n  ".join(unique)
+    return (f"{where}:{body}\nFix it there (`hotfolder config show` prints every value and where it came from; "
+            "`hotfolder config init` writes a documented file).")
+
+
+# --- The config file's settings ------------------------------------------------------
+
+
+def check_settings(data: Mapping[str, Any]) -> list[Problem]:
+    """Every problem of a config file's table, except its job keys (those are `job.spec.check_config`'s)."""
+    problems: list[Problem] = []
+    check = Checker({key: Field(value, "") for key, value in data.items()}, problems)
+    for key in data:
+        if key not in CONFIG_KEYS:
+            problems.append(_unknown_setting(key))
+        else:
+            check.setting(key, CONFIG_KEYS[key])
+    for table in TABLE_KEYS:
+        if isinstance(data.get(table), Mapping) and table != "defaults":
+            for name, value in data[table].items():
+                if not isinstance(value, Mapping):
+                    check.fields[f"{table}.{name}"] = Field(value, "")
+                    check.bad(f"{table}.{name}", f"write it as a table, a line [{table}.{name}] followed by its keys")
+                elif table == "models":
+                    _check_model(name, value, problems)
+                elif name in ("", ".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+                    problems.append(Problem(f"[presets.{json.dumps(name)}]: a preset's name is its inbox folder's "
+                                            "(inbox/NAME/): give a plain folder name, like [presets.longform]",
+                                            key=f"presets.{name}"))  # fmt: skip
+    defaults = data.get("defaults")
+    if isinstance(defaults, Mapping):  # these two move onto Config itself (--model and --backend override them)
+        sub = Checker({f"defaults.{k}": Field(defaults[k], "") for k in ("model", "backend") if k in defaults},
+                      problems)
+        for key in ("model", "backend"):
+            sub.setting(f"defaults.{key}", CONFIG_KEYS[key])
+    return problems
+
+
+def _unknown_setting(key: str) -> Problem:
+    """`key 'settle_secnds' is not a setting; did you mean ...`, or where a job key belongs."""
+    if key in JOB_KEYS:
+        table = f"[defaults.{key}]" if key in JOB_TABLES else "[defaults]"
+        advice = (f" is a job key: put it under [defaults] to apply it to every job (a line {table} above it), "
+                  "or into the job files themselves")
+        return Problem(f"key '{key}'{advice}", key=key)
+    advice = did_you_mean(key, CONFIG_KEYS) or f"; the settings are {', '.join(sorted(CONFIG_KEYS))}"
+    return Problem(f"key '{key}' is not a setting{advice}", key=key)
+
+
+def _check_model(name: str, table: Mapping[str, Any], problems: list[Problem]) -> None:
+    """One [models.NAME] table: known keys of the right kind, and weights to load when the model is new."""
+    prefix = f"models.{name}"
+    check = Checker({f"{prefix}.{k}": Field(v, "") for k, v in table.items()}, problems)
+    unknown = [key for key in table if key not in MODEL_KEYS]
+    for key in table:
+        label = f"{prefix}.{key}"
+        if key in MODEL_KEYS:
+            check.setting(label, MODEL_KEYS[key])
+        elif key in CONFIG_KEYS:
+            problems.append(Problem(f"key '{label}' is a setting, not a model key: put it at the top of the file, "
+                                    "above the first [table] line", key=label))  # fmt: skip
+        else:
+            advice = did_you_mean(key, MODEL_KEYS) or (f"; the model keys are {', '.join(MODEL_KEYS)} (its name "
+                                                        f"is the table's: [models.{name}])")
+            problems.append(Problem(f"key '{label}' is not a model key{advice}", key=label))
+    weights = ("diffusers_repo", "mlx_repo", "local_path")
+    if name not in BUILTIN_MODELS and not unknown and not any(table.get(k) for k in weights):
+        problems.append(Problem(f"[models.{name}] names no weights: give diffusers_repo, mlx_repo or local_path "
+                                "(a folder of weights)", key=prefix))  # fmt: skip
+
+
+# --- Files people write: read, parse, check (the config file and job files) ----------
+
+
+class TextInvalid(UsageError):
+    """A file a person wrote cannot be read as text or TOML; `problem` says why (and where).
+
+    `job/spec.py` turns it into a JobInvalid for the job file, `load_config` into a
+    UsageError naming the config file; should one escape, it still reads well (exit 2).
+    """
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        super().__init__(problem.message)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a plain file is, in words: "a named pipe (FIFO)", "a folder", ..."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a plain file"
+
+
+NEVER_FOLLOWS = "hotfolder never follows links: copy the file itself"
+
+
+def read_text_file(path: Path, *, limit: int, limit_note: str, follow_links: bool = False) -> str:
+    """The UTF-8 text of the plain file at `path`: at most `limit` bytes, never blocking, never a link.
+
+    Only a plain file is opened: a named pipe, a socket or a device is refused from its
+    lstat, before any open (a pipe with no writer would block its reader forever). The
+    open itself refuses a link (O_NOFOLLOW, unless `follow_links`: the config file may be
+    one) and cannot block (O_NONBLOCK); fstat then checks again what was opened. No more
+    than `limit` + 1 bytes are read, whatever the file's size. `limit_note` says whose
+    limit it is ("for a job file (max_prompt_bytes in the config file)"). An empty file
+    is "" (the caller decides whether that is allowed). Raises TextInvalid.
+    """
+
+    def invalid(message: str) -> TextInvalid:
+        return TextInvalid(Problem(message))
+
+    try:
+        st = os.stat(path) if follow_links else os.lstat(path)
+    except OSError as e:
+        raise invalid(f"the file cannot be read ({e.strerror or e})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise invalid(f"the file is a symbolic link; {NEVER_FOLLOWS}")
+    if not stat.S_ISREG(st.st_mode):
+        raise invalid(f"the file is {file_kind(st.st_mode)}, not a plain file: save it as an ordinary text file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # replaced by a link since the lstat
+            raise invalid(f"the file is a symbolic link; {NEVER_FOLLOWS}") from None
+        raise invalid(f"the file cannot be read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
+            raise invalid(f"the file is {file_kind(st.st_mode)}, not a plain file: save it as an ordinary text file")
+        os.set_blocking(fd, True)  # a plain file: a blocking read lets a cloud file (iCloud) be fetched
+        chunks: list[bytes] = []
+        left = limit + 1  # the file may still grow: never read more than the limit (and one byte to tell)
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise invalid(f"the file cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        size = max(st.st_size, len(data))
+        raise invalid(f"the file is {size:,} bytes, over the limit of {limit:,} bytes {limit_note}")
+    return _decode(data, invalid)
+
+
+def _decode(data: bytes, invalid: Callable[[str], TextInvalid]) -> str:
+    """UTF-8 text, or why not: UTF-16, binary, or the first byte that is not UTF-8 (offset and line)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise invalid("the file is saved as UTF-16 text: save it as UTF-8 text instead")
+    if b"\x00" in data:
+        raise invalid("the file is not a text file (it holds binary data): save it as plain UTF-8 text")
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # editors on Windows add a UTF-8 mark; it is harmless
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise invalid(
+            f"the file is not UTF-8 text (byte 0x{data[offset]:02X} at byte offset {offset}, line {line}, "
+            f"cannot be read): save it as UTF-8 text"
+        ) from None
+
+
+def load_toml(text: str, *, example: str) -> dict[str, Any]:
+    """The TOML table of `text`, or TextInvalid: the line and column of a syntax error, and a hint.
+
+    Anything the parser raises on hostile text (nesting deeper than Python's recursion,
+    numbers of thousands of digits) is a message too, never a traceback. `example` is
+    a correct line to show when a value lacks its quotes.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line, column, reason = _toml_error_position(e, text)
+        hint = ""
+        if reason.lower().startswith("invalid value") and _starts_a_word(text, line, column):
+            hint = f" (text must be in double quotes, like {example})"
+        where = f"line {line}, column {column}"
+        if "at end of document" in str(e):
+            where += " (the end of the file)"
+        raise TextInvalid(Problem(f"the TOML is not valid at {where}: {reason}{hint}", line=line, column=column)) \
+            from None
+    except RecursionError:
+        raise TextInvalid(Problem("the TOML is nested too deeply (lists or tables inside each other hundreds of "
+                                  "levels deep): write plain keys and values")) from None  # fmt: skip
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        reason = str(e).split(";")[0]
+        raise TextInvalid(Problem(f"the TOML cannot be read ({reason}): write numbers of at most 19 digits"))\
+            from None
+    except Exception as e:  # noqa: BLE001 - whatever else hostile text makes the parser raise
+        raise TextInvalid(Problem(f"the TOML cannot be read ({type(e).__name__}: {e})")) from None
+
+
+def _starts_a_word(text: str, line: int | None, column: int | None) -> bool:
+    """Whether the syntax error points at a letter: an unquoted word, the usual reason for "invalid value"."""
+    lines = text.splitlines()
+    if not line or not column or line > len(lines) or column > len(lines[line - 1]):
+        return False
+    return lines[line - 1][column - 1].isalpha()
+
+
+def _toml_error_position(e: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:
+    """(line, column, reason) of a TOML error: Python 3.14 has attributes, 3.11 only the message."""
+    if getattr(e, "lineno", None) and getattr(e, "colno", None):
+        return e.lineno, e.colno, getattr(e, "msg", str(e))  # type: ignore[attr-defined]
+    message = str(e)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)\s*$", message)
+    if match:
+        return int(match.group(1)), int(match.group(2)), message[: match.start()]
+    reason = re.sub(r"\s*\(at end of document\)\s*$", "", message)
+    lines = text.split("\n")
+    return len(lines), len(lines[-1]) + 1, reason
+
+
+@dataclass(frozen=True)
+class Field:
+    """One value of a checked file and the layer it came from ("" for the file itself)."""
+
+    value: Any
+    origin: str
+
+
+class Checker:
+    """Type and range checks over a file's fields; each failure becomes a Problem naming key, value and rule.
+
+    Every method returns the value when it is present and valid, else None (missing or
+    wrong). `label` and `where` say how a key is named and where its value came from;
+    the job file's checker (job/spec.py) names batch entries and presets there.
+    """
+
+    def __init__(self, fields: dict[str, Field], problems: list[Problem]):
+        self.fields = fields
+        self.problems = problems
+
+    def label(self, key: str, origin: str) -> str:
+        return key
+
+    def where(self, origin: str) -> str:
+        return f" (set by {origin})" if origin else ""
+
+    def bad(self, key: str, allowed: str, *, verb: str = "is not allowed") -> None:
+        """`duration = -3 is not allowed: give seconds greater than 0 ...`"""
+        self.say(key, f"{verb}: {allowed}")
+
+    def say(self, key: str, text: str) -> None:
+        """A problem that starts with the key and the value as written, and ends with where the value came from."""
+        f = self.fields[key]
+        label = self.label(key, f.origin)
+        value = f.value if isinstance(f.value, (str, int, float, bool)) else show(f.value)
+        self.problems.append(Problem(f"{label} = {show(f.value)} {text}{self.where(f.origin)}", key=label, value=value))
+
+    def text(self, key: str) -> str | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, str):
+            self.bad(key, f"give text in double quotes, not {kind(value)}")
+            return None
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, bool):
+            self.bad(key, f"give true or false (without quotes), not {kind(value)}")
+            return None
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not isinstance(value, str) or value not in choices:
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            self.bad(key, f"give {one_of(choices)}{hint}")
+            return None
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, allowed: str) -> int | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not is_int(value) or not lo <= value <= hi:
+            self.bad(key, allowed + ("" if is_number(value) else f", not {kind(value)}"))
+            return None
+        return value
+
+    def number(self, key: str, ok: Any, allowed: str) -> float | None:
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            self.bad(key, allowed + ("" if is_number(value) else f", not {kind(value)}"))
+            return None
+        return value
+
+    def setting(self, key: str, rule: Setting) -> Any:
+        """A config-file key checked by its `Setting`."""
+        if key not in self.fields:
+            return None
+        value = self.fields[key].value
+        if rule.kind == "number":
+            return self.number(key, rule.ok, rule.allowed)
+        if rule.kind == "integer":
+            if is_int(value) and rule.ok(value):
+                return value
+            self.bad(key, rule.allowed + ("" if is_number(value) else f", not {kind(value)}"))
+            return None
+        if rule.kind == "bool":
+            return self.boolean(key)
+        if rule.kind == "choice":
+            return self.choice(key, rule.choices())
+        if rule.kind == "table":
+            if not isinstance(value, Mapping):
+                name = key.rpartition(".")[2]
+                self.bad(key, f"write it as a table, a line [{name}] followed by its keys: {rule.allowed}")
+                return None
+            return value
+        text = self.text(key)  # "text" and "path"
+        if text is not None and not text.strip():
+            self.bad(key, "give a folder" if rule.kind == "path" else rule.allowed or "give some text")
+            return None
+        return text
+
+
+def did_you_mean(word: str, choices: Any, *, prefix: str = "") -> str:
+    """'; did you mean 'X'?' for the closest choice (case-insensitive), or ''."""
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{lowered[match[0]]}'?" if match else ""
+
+
+def one_of(choices: Any) -> str:
+    """'"a", "b" or "c"'."""
+    items = [f'"{c}"' for c in choices]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def show(value: Any) -> str:
+    """A value the way it is written in TOML, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(show(v) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def kind(value: Any) -> str:
+    """What a value is, in words: "text", "a whole number", "a table"..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return "a date or time"
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -431,6 +431,32 @@ def test_the_spool_holds_a_loose_job_file_and_what_it_names_until_all_settled_or
     assert step(5.1) == [("pond.toml", ())]
 
 
+def test_only_files_that_could_be_attachments_wait_for_a_job_file(tmp_path: Path) -> None:
+    """A .rtf, .docx or .md no job can name is claimed once settled; an image or a sound waits for its job file."""
+    from hotfolder.folders.spool import Spool
+
+    now = [1000.0]
+    spool = Spool(Config(root=tmp_path / "r", settle_seconds=1.0, attachment_wait_seconds=300.0),
+                  clock=lambda: now[0])
+    spool.ensure_folders()
+    inbox = spool.config.inbox
+
+    def step(seconds: float) -> list[str]:
+        now[0] += seconds
+        candidates = spool.inbox.scan()
+        ready, _ = spool.inbox.settled(candidates)
+        arrivals, _ = spool.inbox.arrivals(candidates, ready, lambda c: ())
+        assert all(spool.claim(a.candidate) is not None for a in arrivals)
+        return sorted(a.candidate.rel for a in arrivals)
+
+    for name in ("notes.rtf", "brief.docx", "prompt.md", "first.png", "voice.MP3", "still.jpeg"):
+        (inbox / name).write_bytes(b"x")
+    assert step(0) == []  # nothing has settled yet
+    assert step(1.5) == ["brief.docx", "notes.rtf", "prompt.md"]  # at once: no job file can name them
+    assert step(299) == []  # the image and the sounds wait for a job file that may name them ...
+    assert step(1) == ["first.png", "still.jpeg", "voice.MP3"]  # ... 300 s, then fail as not a job
+
+
 def test_validate_checks_the_files_a_job_names_like_the_daemon(root: Root, tmp_path: Path) -> None:
     folder = tmp_path / "lake"
     folder.mkdir()

@@ -3,7 +3,9 @@
 A file (or folder) is taken only after its size, newest mtime and entry count have
 stayed the same for `settle_seconds`, judged by what was observed, so a slow copy,
 a download or a sync is never read half-way. A loose job file that names
-attachments waits (up to `attachment_wait_seconds`) until they have settled too.
+attachments waits (up to `attachment_wait_seconds`) until they have settled too;
+so does a loose image or sound, which a job file still on its way may name. Any
+other file (a .rtf, a .docx) is claimed once settled and fails at once.
 Pure filesystem, no threads; the clock is injected so tests can step time.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from hotfolder.config import Config
-from hotfolder.job.names import is_dataless, is_ignored, is_job_file_name
+from hotfolder.job.names import could_be_attachment, is_dataless, is_ignored, is_job_file_name
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,12 @@ def is_job_file(c: Candidate) -> bool:
 
 
 def may_be_attachment(c: Candidate) -> bool:
-    """A loose file (or link) that is not a job file: a job file may still come and name it."""
-    return not is_job_file(c) and (c.is_link or c.path.is_file())
+    """A loose image or sound (or a link named like one): a job file may still come and name it.
+
+    Only the kinds a job can name wait for one (names.could_be_attachment); a document
+    no job can name (.rtf, .docx, .md, .pdf) is claimed at once and fails saying what to do.
+    """
+    return could_be_attachment(c.path.name) and (c.is_link or c.path.is_file())
 
 
 @dataclass(frozen=True)
@@ -153,9 +159,10 @@ class Arrivals:
         A settled loose `.toml` that names attachments (`names`: inbox-relative paths) is
         claimed once every one of them has settled too, or, missing some, after
         `attachment_wait_seconds` (the job then fails naming them). Files a job file names
-        are never claimed alone. Other loose files that are not job files wait as long, in
-        case their job file is still on its way, then are claimed (and fail as not a job); so
-        do links, which are never followed (a job file naming one fails saying so).
+        are never claimed alone. A loose image or sound no job file names waits as long, in
+        case its job file is still on its way, then is claimed (and fails as not a job); so does
+        a link named like one, which is never followed (a job file naming it fails saying so).
+        Anything else that is not a job file is claimed at once: no job file could name it.
         """
         now = self.clock()
         limit = self.config.attachment_wait_seconds

@@ -5,26 +5,35 @@ here the real files are judged: inside the job's folder, no symbolic link on the
 way, a plain file within `max_attachment_bytes`, and what ffmpeg (and Pillow, for
 images) finds in it. Every refusal is a `Problem` naming the key, the file, what
 was found and what to do, so a corrupt or mistyped file fails the job at once.
+
+Hostile files are bounded before they are decoded: an image by the pixels its
+header claims (MAX_IMAGE_PIXELS, hotfolder's own bound, not Pillow's global), a
+voice-over by the length its header claims (MAX_AUDIO_SECONDS); only the image
+kinds hotfolder names are opened, and anything a parser raises is a message.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from hotfolder import media
 from hotfolder.cache import file_sha256
-from hotfolder.config import Config
+from hotfolder.config import Config, file_kind
 from hotfolder.errors import JobInvalid, Problem
+from hotfolder.job.names import AUDIO_FORMATS, IMAGE_FORMATS
 from hotfolder.job.spec import JobSpec
 
-AUDIO_FORMATS = "wav, mp3, m4a, aiff or flac"
-IMAGE_FORMATS = "png, jpg or webp"
 TRUNCATION_SLACK_S = 0.1  # the header may round; more missing than this (and 2 %) is a cut-off file
+MAX_IMAGE_PIXELS = 50_000_000  # 50 megapixels (8660x5773): far above any video size, far below a decompression bomb
+PILLOW_FORMATS = ("PNG", "JPEG", "WEBP")  # png, jpg (a camera's multi-picture jpg too), webp: no other parser runs
+MAX_AUDIO_SECONDS = 30 * 60  # a voice-over longer than this is refused from its header, before it is decoded
 
 
 @dataclass(frozen=True)
@@ -72,14 +81,21 @@ def check_job(
 def check_file(key: str, name: str, base: Path, config: Config, *, loose: bool) -> Attachment:
     """One named file: where it is, that it is a plain file of a sane size, and what it holds."""
     path = resolve(key, name, base, loose=loose, wait_s=config.attachment_wait_seconds)
-    size = path.stat().st_size
+    try:
+        size = path.lstat().st_size
+    except OSError as e:
+        raise _invalid(key, name, f"cannot be read ({e.strerror or e})") from None
     if size == 0:
         raise _invalid(key, name, "is empty (0 bytes): copy the file again")
     if size > config.max_attachment_bytes:
         raise _invalid(key, name, f"is {size:,} bytes, over the limit of {config.max_attachment_bytes:,} bytes for "
                        "an attachment (max_attachment_bytes in the config file): use a smaller file")  # fmt: skip
     found = _check_image(key, name, path) if key == "image.file" else _check_audio(key, name, path)
-    return Attachment(key=key, name=name, path=path, sha256=file_sha256(path), found=found)
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        raise _invalid(key, name, f"cannot be read ({e.strerror or e})") from None
+    return Attachment(key=key, name=name, path=path, sha256=digest, found=found)
 
 
 def resolve(key: str, name: str, base: Path, *, loose: bool = False, wait_s: float = 0.0, label: str = "") -> Path:
@@ -117,9 +133,8 @@ def _resolve(key: str, name: str, base: Path, *, loose: bool, wait_s: float) -> 
                            "never follows links: copy the file itself into the job's folder")  # fmt: skip
         if not last and not stat.S_ISDIR(st.st_mode):
             raise _missing(key, name, base, loose=loose, wait_s=wait_s)
-        if last and not stat.S_ISREG(st.st_mode):
-            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise _invalid(key, name, f"is {what}: name an image or audio file")
+        if last and not stat.S_ISREG(st.st_mode):  # never opened: a pipe would block its reader forever
+            raise _invalid(key, name, f"is {file_kind(st.st_mode)}, not a plain file: name an image or audio file")
     real, root = os.path.realpath(current), os.path.realpath(base)
     if os.path.commonpath([real, root]) != root:
         raise _invalid(key, name, "leaves the job's folder: give a path inside it")
@@ -130,25 +145,52 @@ def _resolve(key: str, name: str, base: Path, *, loose: bool, wait_s: float) -> 
 
 
 def _check_image(key: str, name: str, path: Path) -> str:
-    """An image both ffmpeg and Pillow can read in full (a cut-off PNG fails Pillow's load)."""
+    """A png, jpg or webp image of at most MAX_IMAGE_PIXELS that Pillow can read in full (a cut-off PNG
+    fails its load). The size is judged from the header, before anything is decoded or probed."""
     from PIL import Image, UnidentifiedImageError
 
-    info = _probe(key, name, path, "an image")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            fmt, (width, height) = (im.format or "image").lower(), im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    def unreadable(reason: str) -> JobInvalid:
+        info = _probe(key, name, path, "an image")
         found = f"ffmpeg finds {_describe(info)} in it" if info is not None else "ffmpeg cannot read it either"
-        raise _invalid(key, name, f"is not an image that can be opened ({e}); {found}. "
-                       f"Use a {IMAGE_FORMATS} image") from None  # fmt: skip
+        return _invalid(key, name, f"{reason}; {found}. Use a {IMAGE_FORMATS} image")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # between Pillow's two limits
+            with Image.open(path, formats=PILLOW_FORMATS) as im:  # reads the header only
+                fmt, (width, height) = (im.format or "image").lower(), im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_many_pixels(key, name, f"{width}x{height} ({width * height:,} pixels)")
+                im.load()
+    except JobInvalid:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # over Pillow's own limit
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_many_pixels(key, name, f"{int(pixels[1]):,} pixels" if pixels else "too many pixels") from None
+    except UnidentifiedImageError:
+        raise unreadable(f"is not an image that can be opened (not a {IMAGE_FORMATS} image)") from None
+    except Exception as e:  # noqa: BLE001 - whatever Pillow raises on hostile bytes (struct.error, EOFError...)
+        raise unreadable(f"is not an image that can be opened ({e or type(e).__name__})") from None
+    info = _probe(key, name, path, "an image")
     if info is not None and info.audio is not None and info.video is None:
         raise _invalid(key, name, f"is not an image: ffmpeg finds {_describe(info)} in it. Use a {IMAGE_FORMATS} image")
     return f"{fmt} image {width}x{height}"
 
 
+def _too_many_pixels(key: str, name: str, size: str) -> JobInvalid:
+    return _invalid(key, name, f"is too large an image: {size}, over the limit of {MAX_IMAGE_PIXELS:,} pixels "
+                    "(50 megapixels). Scale it down (the video is at most 4096 pixels wide) and save it again")
+
+
 def _check_audio(key: str, name: str, path: Path) -> str:
-    """Sound ffmpeg can decode from start to end, as long as the file's header says."""
+    """Sound ffmpeg can decode from start to end, as long as the file's header says, and not too long.
+
+    The length the header claims is judged first, without decoding: a ten-hour file is
+    refused in a moment instead of being decoded for a minute.
+    """
+    claimed = _header_seconds(path)
+    if claimed is not None and claimed > MAX_AUDIO_SECONDS:
+        raise _too_long(key, name, claimed)
     info = _probe(key, name, path, "audio")
     if info is None:
         raise _invalid(key, name, f"is not a media file ffmpeg can read (damaged, or not audio). "
@@ -167,7 +209,38 @@ def _check_audio(key: str, name: str, path: Path) -> str:
                        f"reported{_said(info)}. Export or download it again")  # fmt: skip
     if decoded <= 0:
         raise _invalid(key, name, f"holds no sound (0 s of {info.audio.codec} audio). Use a {AUDIO_FORMATS} file")
+    if decoded > MAX_AUDIO_SECONDS:  # a header that said less than the file holds
+        raise _too_long(key, name, decoded)
     return f"{info.audio.codec} audio, {info.audio.sample_rate} Hz, {info.audio.channels} ch, {decoded:.2f} s"
+
+
+def _header_seconds(path: Path) -> float | None:
+    """How long the file's header says it is (ffmpeg reads the header only); None when it says nothing.
+
+    (media's header-only read is `media.ffmpeg._header`; it has no public name yet.)
+    """
+    try:
+        seconds = media.ffmpeg._header(path, timeout=media.TIMEOUT_S).duration
+    except media.MediaError:
+        return None  # the full probe says what is wrong with it
+    return seconds or None
+
+
+def _too_long(key: str, name: str, seconds: float) -> JobInvalid:
+    return _invalid(key, name, f"is {_length(seconds)} long, and a voice-over may be at most "
+                    f"{_length(MAX_AUDIO_SECONDS)} (a video is at most a few seconds; the rest would be cut). "
+                    "Cut the part you need and use that file")  # fmt: skip
+
+
+def _length(seconds: float) -> str:
+    """'10 h', '1 h 05 min', '31 min', '30 min 20 s', '42.50 s'."""
+    whole = int(round(seconds))
+    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours} h" + (f" {minutes:02d} min" if minutes else "")
+    if minutes:
+        return f"{minutes} min" + (f" {secs:02d} s" if secs else "")
+    return f"{seconds:.2f} s"
 
 
 def _probe(key: str, name: str, path: Path, wanted: str) -> media.MediaInfo | None:

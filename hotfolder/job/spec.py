@@ -12,21 +12,22 @@ say `jobs[2].duration = ...` or "(from preset 'tiktok')".
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import re
 import secrets
-import tomllib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from hotfolder.backends import choose
-from hotfolder.config import FORMATS, JOB_DEFAULTS, MODE_STEPS, SIZE_MULTIPLE, Config, ModelInfo
-from hotfolder.errors import JobInvalid, Problem
-from hotfolder.job.names import JOB_FILE_SUFFIXES, is_ignored
+from hotfolder.config import (CONFIG_KEYS, FORMATS, JOB_DEFAULTS, JOB_KEYS, JOB_TABLES, MODE_STEPS, SIZE_MULTIPLE,
+                              Checker, Config, Field, ModelInfo, TextInvalid, config_problems, did_you_mean, kind,
+                              load_toml, read_text_file, show)
+from hotfolder.errors import JobInvalid, Problem, UsageError
+from hotfolder.job.names import (AUDIO_FORMATS, AUDIO_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, JOB_FILE_SUFFIXES,
+                                 RESULT_NAME_MAX_BYTES, fit_name, is_ignored, not_a_job_message)
 
 CacheMode = Literal["use", "off", "refresh"]
 
@@ -71,35 +72,22 @@ class JobSpec:
 
 # --- What a job file may hold --------------------------------------------------
 
-TOP_KEYS = (
-    "prompt", "negative_prompt", "format", "mode", "duration", "fps", "seed", "steps", "width", "height",
-    "priority", "cache", "backend", "model", "image", "audio", "output", "jobs",
-)  # fmt: skip
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "audio": ("file", "generate", "tts"),
-    "output": ("name", "gif", "thumbnail"),
-    "image": ("file", "strength"),
-}
+TOP_KEYS = JOB_KEYS  # the vocabulary lives with the other job tables in config.py; the rules are here
+TABLE_KEYS = JOB_TABLES
 MODES = tuple(MODE_STEPS)
 BACKENDS = ("auto", "mlx", "diffusers")
 SEED_MAX = 2**32 - 1
 STEPS_RANGE = (1, 200)
 FPS_RANGE = (1, 60)
 SIZE_RANGE = (64, 4096)
-NAME_MAX = 100
+NAME_MAX = 100  # characters; and at most names.RESULT_NAME_MAX_BYTES bytes, with what the daemon adds
 MIN_FRAMES = 9
 ATTACHMENT_KEYS = ("image.file", "audio.file")  # paths relative to the job's folder
+CONFIG_MODEL, CONFIG_DEFAULTS = "the config's model", "the config's [defaults]"  # origins of the config's values
+_CONFIG_LAYERS = (CONFIG_MODEL, CONFIG_DEFAULTS)
 
 
-@dataclass(frozen=True)
-class _Field:
-    """One job value and the layer it came from."""
-
-    value: Any
-    origin: str  # "" (top of the file), "jobs[2]", "preset 'tiktok'" or "the config's [defaults]"
-
-
-Fields = dict[str, _Field]  # dotted key ("duration", "output.gif") -> value
+Fields = dict[str, Field]  # dotted key ("duration", "output.gif") -> value and where it came from ("jobs[2]")
 
 
 def parse(path: Path, config: Config, *, preset: str | None = None, display_name: str | None = None) -> list[JobSpec]:
@@ -112,13 +100,10 @@ def parse(path: Path, config: Config, *, preset: str | None = None, display_name
     # 1. The file itself: job type, size, text encoding. Nothing else can be checked without its text.
     suffix = path.suffix.lower()
     if suffix not in JOB_FILE_SUFFIXES:
-        raise JobInvalid(label, [Problem(
-            f"'{path.name}' is not a job file: use a .toml job file or a .txt file that holds the prompt"
-        )])  # fmt: skip
+        raise JobInvalid(label, [Problem(not_a_job_message(path.name))])
     text = _read_text(path, config, label)
 
     # 2. The file's own values: a .txt is only a prompt; a .toml is a table, maybe with [[jobs]].
-    problems: list[Problem] = []
     if suffix == ".txt":
         prompt = text.strip()
         if not prompt:
@@ -126,10 +111,33 @@ def parse(path: Path, config: Config, *, preset: str | None = None, display_name
         data: dict[str, Any] = {"prompt": prompt}
     else:
         data = _load_toml(text, label)
+    return _specs(data, config, preset=preset, label=label,
+                  stem=Path(display_name).stem if display_name else path.stem)
+
+
+def check_config(config: Config) -> None:
+    """The job keys the config file sets ([defaults], each [presets.NAME]) and its model, checked with the
+    job rules: a UsageError naming the file, each key, its value and what is allowed.
+
+    Without it a mistake there fails every job that inherits it; with it, the commands refuse at start.
+    """
+    problems: list[Problem] = []
+    for preset in (None, *config.presets):
+        try:
+            _specs({"prompt": "the config file's check"}, config, preset=preset, label="", stem="check")
+        except JobInvalid as e:
+            problems.extend(e.problems)
+    if problems:
+        raise UsageError(config_problems(config.config_file, problems))
+
+
+def _specs(data: Mapping[str, Any], config: Config, *, preset: str | None, label: str, stem: str) -> list[JobSpec]:
+    """Steps 3 to 5: a job file's table over the config's layers, validated and resolved; JobInvalid if wrong."""
+    problems: list[Problem] = []
 
     # 3. The layers under the file: the model default, the config's [defaults], the preset.
-    layers: Fields = {"model": _Field(config.model, "the config's model")}
-    layers |= _flatten(config.job_defaults, "the config's [defaults]", problems)
+    layers: Fields = {"model": Field(config.model, CONFIG_MODEL)}
+    layers |= _flatten(config.job_defaults, CONFIG_DEFAULTS, problems)
     if preset is not None:
         if preset not in config.presets:
             problems.append(_unknown_preset(preset, config))
@@ -147,7 +155,6 @@ def parse(path: Path, config: Config, *, preset: str | None = None, display_name
         jobs = [top | _flatten(entry, f"jobs[{i}]", problems) for i, entry in enumerate(entries)]
 
     # 5. Validate and resolve each job; collect every problem before giving up.
-    stem = Path(display_name).stem if display_name else path.stem
     specs: list[JobSpec] = []
     for index, fields in enumerate(jobs):
         spec = _resolve(
@@ -165,78 +172,24 @@ def parse(path: Path, config: Config, *, preset: str | None = None, display_name
 
 
 def _read_text(path: Path, config: Config, label: str) -> str:
-    """The file's text, or JobInvalid saying why it cannot be a job (empty, too big, binary, not UTF-8)."""
-
-    def invalid(message: str) -> JobInvalid:
-        return JobInvalid(label, [Problem(message)])
-
-    limit = config.max_prompt_bytes
+    """The file's text, or JobInvalid saying why it cannot be a job: not a plain file (a pipe, a socket,
+    a link), empty, too big, binary, not UTF-8. Read as config.py reads every file a person writes."""
     try:
-        size = path.stat().st_size
-        if size <= limit:
-            with path.open("rb") as f:
-                data = f.read(limit + 1)  # the file may still grow: never read more than the limit
-            size = len(data)
-    except OSError as e:
-        raise invalid(f"the file cannot be read ({e.strerror or e})") from e
-    if size == 0:
-        raise invalid("the file is empty: write a prompt in it")
-    if size > limit:
-        raise invalid(
-            f"the file is {size:,} bytes, over the limit of {limit:,} bytes for a job file "
-            f"(max_prompt_bytes in the config file)"
-        )
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise invalid("the file is saved as UTF-16 text: save it as UTF-8 text instead")
-    if b"\x00" in data:
-        raise invalid("the file is not a text file (it holds binary data): save the job as plain UTF-8 text")
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # editors on Windows add a UTF-8 mark; it is harmless
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = bom + e.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise invalid(
-            f"the file is not UTF-8 text (byte 0x{data[offset]:02X} at byte offset {offset}, line {line}, "
-            f"cannot be read): save it as UTF-8 text"
-        ) from e
-
-
-def _starts_a_word(text: str, line: int | None, column: int | None) -> bool:
-    """Whether the syntax error points at a letter: an unquoted word, the usual reason for "invalid value"."""
-    lines = text.splitlines()
-    if not line or not column or line > len(lines) or column > len(lines[line - 1]):
-        return False
-    return lines[line - 1][column - 1].isalpha()
+        text = read_text_file(path, limit=config.max_prompt_bytes,
+                              limit_note="for a job file (max_prompt_bytes in the config file)")
+    except TextInvalid as e:
+        raise JobInvalid(label, [e.problem]) from None
+    if not text:
+        raise JobInvalid(label, [Problem("the file is empty: write a prompt in it")])
+    return text
 
 
 def _load_toml(text: str, label: str) -> dict[str, Any]:
-    """The TOML table, or JobInvalid with the line and column of the syntax error."""
+    """The TOML table, or JobInvalid with the line and column of the syntax error (any parser failure is one)."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        line, column, reason = _toml_error_position(e, text)
-        hint = ""
-        if reason.lower().startswith("invalid value") and _starts_a_word(text, line, column):
-            hint = ' (text must be in double quotes, like prompt = "a red fox in the snow")'
-        where = f"line {line}, column {column}"
-        if "end of document" in str(e):
-            where += " (the end of the file)"
-        message = f"the TOML is not valid at {where}: {reason}{hint}"
-        raise JobInvalid(label, [Problem(message, line=line, column=column)]) from e
-
-
-def _toml_error_position(e: tomllib.TOMLDecodeError, text: str) -> tuple[int, int, str]:
-    """(line, column, reason) of a TOML error: Python 3.14 has attributes, 3.11 only the message."""
-    if getattr(e, "lineno", None) and getattr(e, "colno", None):
-        return e.lineno, e.colno, getattr(e, "msg", str(e))  # type: ignore[attr-defined]
-    message = str(e)
-    match = re.search(r"\s*\(at line (\d+), column (\d+)\)\s*$", message)
-    if match:
-        return int(match.group(1)), int(match.group(2)), message[: match.start()]
-    reason = re.sub(r"\s*\(at end of document\)\s*$", "", message)
-    lines = text.split("\n")
-    return len(lines), len(lines[-1]) + 1, reason
+        return load_toml(text, example='prompt = "a red fox in the snow"')
+    except TextInvalid as e:
+        raise JobInvalid(label, [e.problem]) from None
 
 
 # --- Steps 2-4: layers of values ---------------------------------------------------
@@ -256,11 +209,11 @@ def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> 
             problems.append(_unknown_key(key, origin))
             continue
         if key not in TABLE_KEYS:
-            fields[key] = _Field(value, origin)
+            fields[key] = Field(value, origin)
             continue
         if not isinstance(value, Mapping):
             problems.append(Problem(
-                f"{label} = {_show(value)} is not allowed: write it as a table, a line [{key}] followed by "
+                f"{label} = {show(value)} is not allowed: write it as a table, a line [{key}] followed by "
                 f"its keys ({', '.join(TABLE_KEYS[key])}){_from(origin)}", key=label, value=value,
             ))  # fmt: skip
             continue
@@ -269,7 +222,7 @@ def _flatten(table: Mapping[str, Any], origin: str, problems: list[Problem]) -> 
             if sub not in TABLE_KEYS[key]:
                 problems.append(_unknown_key(dotted, origin))
             else:
-                fields[dotted] = _Field(subvalue, origin)
+                fields[dotted] = Field(subvalue, origin)
     return fields
 
 
@@ -280,7 +233,7 @@ def _batch_entries(data: Mapping[str, Any], problems: list[Problem]) -> list[Map
     jobs = data["jobs"]
     if not isinstance(jobs, list):
         problems.append(Problem(
-            f"jobs = {_show(jobs)} is not allowed: write each job as its own [[jobs]] table", key="jobs", value=jobs
+            f"jobs = {show(jobs)} is not allowed: write each job as its own [[jobs]] table", key="jobs", value=jobs
         ))  # fmt: skip
         return []
     if not jobs:
@@ -292,7 +245,7 @@ def _batch_entries(data: Mapping[str, Any], problems: list[Problem]) -> list[Map
             entries.append(entry)
         else:
             problems.append(Problem(
-                f"jobs[{i}] = {_show(entry)} is not allowed: each job must be a [[jobs]] table with its own keys",
+                f"jobs[{i}] = {show(entry)} is not allowed: each job must be a [[jobs]] table with its own keys",
                 key=f"jobs[{i}]", value=entry,
             ))  # fmt: skip
     return entries
@@ -338,7 +291,7 @@ def _resolve(
         model = config.model_info(model_name)
         if model is None:
             known = sorted(config.models)
-            check.say("model", f"is not a known model{_did_you_mean(model_name, known) or '.'} "
+            check.say("model", f"is not a known model{did_you_mean(model_name, known) or '.'} "
                       f"The models are {', '.join(known)}; a path to a folder of weights also works")  # fmt: skip
     requested = check.choice("backend", BACKENDS) or "auto"
     backend, why = choose.resolve(requested, model, config)
@@ -384,7 +337,7 @@ def _resolve(
     for given, missing in (("width", "height"), ("height", "width")):
         if given in fields and missing not in fields:
             found.append(Problem(
-                f"{_label(given, fields[given].origin)} = {_show(fields[given].value)} is given without {missing}: "
+                f"{_label(given, fields[given].origin)} = {show(fields[given].value)} is given without {missing}: "
                 f"give both width and height, or neither to use the format's size{_from(fields[given].origin)}",
                 key=_label(given, fields[given].origin), value=fields[given].value,
             ))  # fmt: skip
@@ -424,15 +377,14 @@ def _resolve(
     tts = _narration_text(check, prompt)
 
     # 10. The result's name: [output].name, else the job's name; numbered within a batch.
+    #     It is bounded in bytes too, leaving room for the number and for what the daemon adds (names.py).
     raw_name = check.text("output.name")
-    name = safe_name(raw_name if raw_name is not None else stem)
+    numbered = batch and not ("output.name" in fields and fields["output.name"].origin == f"jobs[{index}]")
+    number = f"-{index + 1}" if numbered else ""
+    name, why = _safe_name(raw_name if raw_name is not None else stem, room=len(number))
     if raw_name is not None and name != raw_name:
-        adjustments.append(
-            f"output.name {_show(raw_name)} -> {_show(name)} (only letters, digits, spaces and - _ . are kept)"
-        )
-    if batch and not ("output.name" in fields and fields["output.name"].origin == f"jobs[{index}]"):
-        suffix = f"-{index + 1}"
-        name = name[: NAME_MAX - len(suffix)] + suffix
+        adjustments.append(f"output.name {show(raw_name)} -> {show(name)} ({'; '.join(why)})")
+    name += number
 
     problems.extend(found)
     if found:
@@ -487,6 +439,11 @@ def _attachment_path(check: _Checker, key: str) -> str | None:
     if not value.strip() or "\x00" in value:
         check.bad(key, relative)
         return None
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):  # echoed as written ("https://", never "https:/")
+        example = PurePosixPath(urlsplit(value).path).name or "picture.png"
+        check.bad(key, "hotfolder downloads nothing; only files in the job's folder can be used: download it into "
+                  f'the job\'s folder and name it there, like file = "{example}"', verb="is a web address")
+        return None
     if value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value):
         check.bad(key, f"{relative} (or inside the job's folder)", verb="is an absolute path, which is not allowed")
         return None
@@ -503,8 +460,16 @@ def _attachment_path(check: _Checker, key: str) -> str | None:
                   verb="names a file the inbox ignores")  # fmt: skip
         return None
     if PurePosixPath(value).suffix.lower() in JOB_FILE_SUFFIXES:
-        check.bad(key, "an attachment is an image (png, jpg, webp) or an audio file (wav, mp3, m4a, aiff, flac), "
-                  "not a job file", verb="is not an image or audio file")  # fmt: skip
+        check.bad(key, f"an attachment is an image ({IMAGE_FORMATS}) or an audio file ({AUDIO_FORMATS}), not a job "
+                  "file", verb="is not an image or audio file")  # fmt: skip
+        return None
+    image = key == "image.file"
+    suffixes, formats = (IMAGE_SUFFIXES, IMAGE_FORMATS) if image else (AUDIO_SUFFIXES, AUDIO_FORMATS)
+    if PurePosixPath(value).suffix.lower() not in suffixes:
+        other = "a voice-over goes under [audio]" if image else "a picture goes under [image]"
+        swapped = PurePosixPath(value).suffix.lower() in (AUDIO_SUFFIXES if image else IMAGE_SUFFIXES)
+        check.bad(key, f"give a file whose name ends in {' '.join(suffixes)}" + (f"; {other}" if swapped else ""),
+                  verb=f"is not a {formats} file")
         return None
     return PurePosixPath(value).as_posix()
 
@@ -521,75 +486,18 @@ def _narration_text(check: _Checker, prompt: str | None) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     allowed = 'give true (narrate the prompt), false, or the text to narrate in double quotes'
-    check.bad("audio.tts", allowed if isinstance(value, str) else f"{allowed}, not {_kind(value)}")
+    check.bad("audio.tts", allowed if isinstance(value, str) else f"{allowed}, not {kind(value)}")
     return None
 
 
-class _Checker:
-    """Type and range checks over one job's fields; each failure becomes a Problem naming key, value and rule.
+class _Checker(Checker):
+    """config.py's Checker, naming keys as the job file has them: `jobs[2].duration`, "(set by preset 'tiktok')"."""
 
-    Every method returns the value when it is present and valid, else None (missing or wrong).
-    """
+    def label(self, key: str, origin: str) -> str:
+        return _label(key, origin)
 
-    def __init__(self, fields: Fields, problems: list[Problem]):
-        self.fields = fields
-        self.problems = problems
-
-    def bad(self, key: str, allowed: str, *, verb: str = "is not allowed") -> None:
-        """`duration = -3 is not allowed: give seconds greater than 0 ...`"""
-        self.say(key, f"{verb}: {allowed}")
-
-    def say(self, key: str, text: str) -> None:
-        """A problem that starts with the key and the value as written, and ends with where the value came from."""
-        f = self.fields[key]
-        label = _label(key, f.origin)
-        self.problems.append(Problem(f"{label} = {_show(f.value)} {text}{_from(f.origin)}", key=label, value=f.value))
-
-    def text(self, key: str) -> str | None:
-        if key not in self.fields:
-            return None
-        value = self.fields[key].value
-        if not isinstance(value, str):
-            self.bad(key, f'give text in double quotes, not {_kind(value)}')
-            return None
-        return value
-
-    def boolean(self, key: str) -> bool | None:
-        if key not in self.fields:
-            return None
-        value = self.fields[key].value
-        if not isinstance(value, bool):
-            self.bad(key, f"give true or false (without quotes), not {_kind(value)}")
-            return None
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
-        if key not in self.fields:
-            return None
-        value = self.fields[key].value
-        if not isinstance(value, str) or value not in choices:
-            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
-            self.bad(key, f"give {_or(choices)}{hint}")
-            return None
-        return value
-
-    def integer(self, key: str, lo: int, hi: int, allowed: str) -> int | None:
-        if key not in self.fields:
-            return None
-        value = self.fields[key].value
-        if not _is_int(value) or not lo <= value <= hi:
-            self.bad(key, allowed + ("" if _is_number(value) else f", not {_kind(value)}"))
-            return None
-        return value
-
-    def number(self, key: str, ok: Any, allowed: str) -> float | None:
-        if key not in self.fields:
-            return None
-        value = self.fields[key].value
-        if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
-            self.bad(key, allowed + ("" if _is_number(value) else f", not {_kind(value)}"))
-            return None
-        return value
+    def where(self, origin: str) -> str:
+        return _from(origin)
 
 
 def _cache_mode(check: _Checker) -> CacheMode:
@@ -641,11 +549,30 @@ def _snap_frames(duration: float, fps: float, adjustments: list[str]) -> int:
 
 
 def safe_name(raw: str) -> str:
-    """A file name safe in any folder: letters, digits, space and - _ . kept, others -> '-', no leading dot."""
-    raw = unicodedata.normalize("NFC", raw)  # macOS hands out decomposed accents; keep "é" one letter
-    name = "".join(c if c.isalnum() or c in " -_." else "-" for c in raw)
-    name = name.lstrip(". ").rstrip()[:NAME_MAX].rstrip()
-    return name or "video"
+    """A file name safe in any folder and on any file system, with room for what the daemon adds to it:
+    letters, digits, space and - _ . kept, others -> '-', no leading dot, at most NAME_MAX characters and
+    names.RESULT_NAME_MAX_BYTES bytes (cut between characters), no name Windows reserves (CON -> _CON)."""
+    return _safe_name(raw)[0]
+
+
+def _safe_name(raw: str, *, room: int = 0) -> tuple[str, list[str]]:
+    """safe_name, `room` bytes shorter (for a batch's "-2"), and why it differs from `raw`, in words."""
+    composed = unicodedata.normalize("NFC", raw)  # macOS hands out decomposed accents; keep "é" one letter
+    kept = "".join(c if c.isalnum() or c in " -_." else "-" for c in composed)
+    trimmed = kept.lstrip(". ").rstrip()
+    budget = RESULT_NAME_MAX_BYTES - room
+    name = fit_name(trimmed[:NAME_MAX].rstrip(), budget) if trimmed else "video"
+    why = []
+    if kept != composed:
+        why.append("only letters, digits, spaces and - _ . are kept")
+    if trimmed != kept:
+        why.append("no dot or space first, no space last")
+    if len(trimmed) > NAME_MAX or len(trimmed.encode()) > budget:
+        why.append(f"shortened to fit a file name: at most {NAME_MAX} characters and {budget} bytes, with the date "
+                   "and number the daemon adds")  # fmt: skip
+    if name.startswith("_") and not trimmed.startswith("_"):
+        why.append("a name Windows reserves")
+    return name, why or ["written in composed Unicode (NFC)"]
 
 
 # --- Messages ---------------------------------------------------------------------
@@ -666,17 +593,23 @@ def _unknown_key(dotted: str, origin: str) -> Problem:
     label = _label(dotted, origin)
     table, _, leaf = dotted.rpartition(".")
     homes = [t for t, keys in TABLE_KEYS.items() if leaf in keys]
+    if origin in _CONFIG_LAYERS or origin.startswith("preset '"):
+        if dotted in CONFIG_KEYS:  # a setting written below the config file's [defaults] or [presets.x] line
+            return Problem(f"key '{label}' is a setting, not a job key: put it at the top of the config file, above "
+                           f"the first [table] line{_from(origin)}", key=label)  # fmt: skip
     if table and leaf in TOP_KEYS:  # a top-level key written below a [table] line belongs to that table in TOML
         advice = f": {leaf} belongs at the top of the file, above the first [table] line"
     elif table:
-        advice = _did_you_mean(leaf, TABLE_KEYS[table], prefix=_label(table, origin) + ".")
+        advice = did_you_mean(leaf, TABLE_KEYS[table], prefix=_label(table, origin) + ".")
         advice = advice or f"; [{table}] may hold {', '.join(TABLE_KEYS[table])}"
     elif homes:
         advice = f"; did you mean '{_label(f'{homes[0]}.{leaf}', origin)}'? (put it under [{homes[0]}])"
     else:
         keys = [k for k in TOP_KEYS if k != "jobs"]
-        advice = _did_you_mean(leaf, keys, prefix=_label("", origin))
+        advice = did_you_mean(leaf, keys, prefix=_label("", origin))
         advice = advice or f"; the job keys are {', '.join(keys)}"
+        if not origin and dotted in CONFIG_KEYS:
+            advice += f" ({dotted} is a setting of the config file, not of a job)"
     return Problem(f"key '{label}' is not a job key{advice}{_from(origin)}", key=label)
 
 
@@ -684,62 +617,11 @@ def _unknown_preset(preset: str, config: Config) -> Problem:
     known = sorted(config.presets)
     return Problem(
         f"preset '{preset}' (the inbox folder inbox/{preset}/) is not a known preset; "
-        f"the presets are {', '.join(known)}{_did_you_mean(preset, known)}",
+        f"the presets are {', '.join(known)}{did_you_mean(preset, known)}",
         key="preset",
         value=preset,
     )
 
 
-def _did_you_mean(word: str, choices: Any, *, prefix: str = "") -> str:
-    """'; did you mean 'X'?' for the closest choice (case-insensitive), or ''."""
-    lowered = {c.lower(): c for c in choices}
-    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f"; did you mean '{prefix}{lowered[match[0]]}'?" if match else ""
-
-
-def _or(choices: Any) -> str:
-    items = [f'"{c}"' for c in choices]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
-
-
-def _show(value: Any) -> str:
-    """A value the way it is written in TOML, shortened."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, Mapping):
-        text = "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
-    elif isinstance(value, list):
-        text = "[" + ", ".join(_show(v) for v in value) + "]"
-    else:
-        text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return "a date or time"
-
-
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
