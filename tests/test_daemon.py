@@ -184,6 +184,7 @@ def test_submit_wait_prints_the_mp4_path_last(root: Root) -> None:
 
 
 def test_submit_reads_the_prompt_from_stdin_and_rejects_what_the_daemon_would(root: Root) -> None:
+    root.write_config(model="tiny")  # no daemon to ask: submit judges by the config, whose model needs no download
     ok = root.cli("submit", "-", "--format", "tiktok", fake=True, input="A fox in the snow\n")
     assert ok.returncode == 0, ok.stderr
     [job] = [p for p in root.inbox.glob("*.toml")]
@@ -220,7 +221,8 @@ def test_the_same_job_twice_generates_once_and_the_hit_never_loads_the_model(roo
     _drop(root, "second.toml", job + '[output]\nname = "again"\ngif = false\n')
     second = root.cli("run", "--once", fake=True, env=env)
     assert second.returncode == 0, second.stderr
-    first_meta, second_meta = (root.metadata(r) for r in root.results())
+    metas = {root.metadata(r)["source"]: root.metadata(r) for r in root.results()}
+    first_meta, second_meta = metas["first.toml"], metas["second.toml"]
     assert first_meta["cache_hit"] is False and second_meta["cache_hit"] is True
     assert first_meta["cache_key"] == second_meta["cache_key"]
     assert second_meta["timings"]["load_s"] == 0 and second_meta["outputs"]["video"] == "again.mp4"
@@ -273,3 +275,12 @@ def test_two_identical_jobs_in_the_queue_generate_once(root: Root, tmp_path: Pat
     assert root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_FAKE_LOADS=str(loads))).returncode == 0
     hits = sorted(root.metadata(r)["cache_hit"] for r in root.results())
     assert hits == [False, True] and len(loads.read_text().splitlines()) == 1
+
+
+def test_run_warns_at_start_when_the_default_models_weights_are_not_here(root: Root) -> None:
+    # The real model table and an empty Hugging Face cache (HF_HOME in the test's home): nothing is downloaded.
+    run = root.cli("run", "--once", "--backend", "diffusers")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "hotfolder models pull ltx-2" in run.stderr and "42" in run.stderr
+    tiny = root.cli("run", "--once", "--backend", "diffusers", "--model", "tiny")
+    assert tiny.returncode == 0 and "models pull" not in tiny.stderr

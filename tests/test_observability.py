@@ -53,9 +53,13 @@ def test_status_json_and_progress_json_show_the_queue_and_the_running_job(root: 
         assert status["daemon"]["pid"] == daemon.pid
         assert status["running"]["source"] == "first.toml"
         assert [q["source"] for q in status["queue"]] == ["urgent.toml", "second.toml"]  # priority first
-        [progress_file] = (root.path / "processing").glob("*/progress.json")
+        progress_file = root.path / "processing" / status["running"]["job_id"] / "progress.json"
         progress = json.loads(progress_file.read_text())
+        assert progress["stage"] == "generating"
         assert progress["total_steps"] == 60 and 0 < progress["percent"] <= 100 and progress["eta_s"] is not None
+        for queued in status["queue"]:  # the others say so in their own folders
+            assert json.loads((root.path / "processing" / queued["job_id"] / "progress.json").read_text())["stage"] \
+                == "queued"
         human = root.cli("status")
         assert "Daemon running" in human.stdout and "first.toml" in human.stdout and "urgent.toml" in human.stdout
         as_json = json.loads(root.cli("status", "--json").stdout)
@@ -98,3 +102,92 @@ def test_a_corrupted_cache_entry_is_dropped_and_the_job_regenerates(root: Root, 
     assert len(loads.read_text().splitlines()) == 2
     log = (root.path.parent / "logs" / "hotfolder.log").read_text()
     assert "corrupt" in log.lower() or "dropped" in log.lower()
+
+
+STAGES = ["queued", "starting", "loading", "generating", "decoding", "encoding", "delivering"]
+
+
+def _status(root: Root) -> dict:
+    try:
+        return json.loads((root.path / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_status_shows_the_stages_in_order_and_never_zero_of_zero(root: Root) -> None:
+    env = root.env(HOTFOLDER_FAKE_LOAD_S="1", HOTFOLDER_FAKE_STEP_S="0.3", HOTFOLDER_FAKE_DECODE_S="1")
+    _drop(root, "first.toml", 'prompt = "first"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 4\n')
+    _drop(root, "second.toml", f'prompt = "second"\n{SMALL}')
+    daemon = root.start(fake=True, env=env)
+    views: dict[str, list[dict]] = {"status.json": [], "progress.json": []}  # each as it changed
+    queued: list[dict] = []
+    try:
+        def note(view: str, progress: dict) -> None:
+            if progress and (not views[view] or views[view][-1] != progress):
+                views[view].append(progress)
+
+        def watch() -> bool:
+            status = _status(root)
+            running = status.get("running") or {}
+            if running.get("source") == "first.toml":
+                note("status.json", running.get("progress") or {})
+                try:
+                    note("progress.json",
+                         json.loads((root.path / "processing" / running["job_id"] / "progress.json").read_text()))
+                except (OSError, ValueError):
+                    pass
+            queued.extend(q for q in status.get("queue") or [] if q.get("source") == "second.toml")
+            return len(root.results()) == 2
+
+        wait_until(watch, interval=0.01, what="both jobs")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)
+    for view, seen in views.items():
+        stages = [p["stage"] for p in seen]
+        order = [STAGES.index(s) for s in stages]  # an unknown stage fails here
+        assert order == sorted(order), (view, stages)
+    seen = views["status.json"] + views["progress.json"]
+    assert {"loading", "generating", "decoding"} <= {p["stage"] for p in seen}, seen
+    stepped = [p for p in seen if p.get("total_steps")]
+    assert stepped and all(p["stage"] == "generating" and 1 <= p["step"] <= p["total_steps"] == 4 for p in stepped)
+    assert not [p for p in seen if "total_steps" in p and not p["total_steps"]]  # never "loading 0/0", "encoding 0/0"
+    assert queued and all(q["stage"] == "queued" and q["position"] == 1 for q in queued)
+
+
+def test_after_a_crash_status_never_shows_the_dead_job_as_running(root: Root) -> None:
+    _drop(root, "a.toml", 'prompt = "a"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 50\n')
+    daemon = root.start(fake=True, env=root.env(HOTFOLDER_FAKE_STEP_S="0.1"))
+    try:
+        wait_until(lambda: ((_status(root).get("running") or {}).get("progress") or {}).get("step", 0) >= 3,
+                   what="the job running at step 3")
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=15)
+    # The next daemon dies right after it recovered the job: what it left must not say "running".
+    again = root.cli("run", "--once", fake=True, env=root.env(HOTFOLDER_CRASH_AT="recovered"))
+    assert again.returncode == -9
+    status = _status(root)
+    assert status["daemon"]["pid"] != daemon.pid and status["running"] is None
+    [progress] = (root.path / "processing").glob("*/progress.json")
+    assert json.loads(progress.read_text())["stage"] == "queued"
+    assert "Running:" not in root.cli("status").stdout
+    assert root.cli("run", "--once", fake=True).returncode == 0
+    assert [root.metadata(r)["source"] for r in root.results()] == ["a.toml"]
+
+
+def test_log_lines_omit_empty_fields_carry_a_time_zone_and_a_results_log_ends_delivered(root: Root) -> None:
+    import re
+
+    _drop(root, "a.toml", f'prompt = "a"\n{SMALL}')
+    run = root.cli("run", "--once", fake=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "=None" not in run.stderr and "load_s=0.0" not in run.stderr, run.stderr
+    offset = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
+    lines = [json.loads(line) for line in (root.path.parent / "logs" / "hotfolder.log").read_text().splitlines()]
+    assert lines and all(offset.match(line["timestamp"]) for line in lines), lines[0]["timestamp"]
+    assert not [line for line in lines if None in line.values()]
+    [result] = root.results()
+    last = (result / "a.log").read_text().splitlines()[-1]
+    assert "delivered" in last and str(result / "a.mp4") in last, last
+

@@ -31,12 +31,15 @@ def _drop(root: Root, rel: str, text: str) -> None:
 
 
 def _progress_step(root: Root) -> int:
+    """The furthest step a job in processing/ reached; past the last step (decoding on) counts as all of them."""
     steps = []
     for p in (root.path / "processing").glob("*/progress.json"):
         try:
-            steps.append(json.loads(p.read_text()).get("step", 0))
+            progress = json.loads(p.read_text())
         except (OSError, ValueError):
-            pass
+            continue
+        past = progress.get("stage") in ("decoding", "encoding", "delivering")
+        steps.append(10**6 if past else progress.get("step", 0))
     return max(steps, default=0)
 
 
@@ -200,7 +203,7 @@ def test_cancel_without_a_daemon_and_retry_bring_the_job_back(root: Root) -> Non
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(root: Root) -> None:
-    dead = subprocess.run(["true"]).returncode  # noqa: F841  (a pid that is surely gone)
+    subprocess.run(["true"], check=True)  # its pid is surely gone now
     (root.path / ".hotfolder.lock").write_text("999999\n")
     _drop(root, "x.toml", 'prompt = "x"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 2\n')
     run = root.cli("run", "--once", fake=True)
@@ -284,3 +287,35 @@ def test_cancel_without_a_daemon_keeps_a_loose_jobs_image_and_retry_makes_the_vi
     with Image.open(result / "x.jpg") as thumb:  # the fake backend paints the image's mean colour
         r, g, b = thumb.convert("RGB").getpixel((32, 32))
     assert r > 150 and g < 90 and b < 90
+
+
+def _queued_sources(root: Root) -> list[str]:
+    try:
+        return [q["source"] for q in json.loads((root.path / "status.json").read_text())["queue"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def test_cancelling_a_queued_job_takes_it_off_the_queue_at_once(root: Root) -> None:
+    daemon = root.start(fake=True, env=root.env(HOTFOLDER_FAKE_STEP_S="0.2"))
+    try:
+        _drop(root, "long.toml", 'prompt = "a long job"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 200\n')
+        wait_until(lambda: _progress_step(root) >= 1, what="the long job to start")
+        _drop(root, "queued.toml", 'prompt = "waits its turn"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 2\n')
+        wait_until(lambda: "queued.toml" in _queued_sources(root), what="the second job in the queue")
+        out = root.cli("cancel", "queued.toml")
+        assert out.returncode == 0, out.stderr
+        [failed] = wait_until(root.failures, timeout=15, what="the queued job in failed/, without waiting its turn")
+        error = json.loads((failed / "error.json").read_text())
+        assert error["kind"] == "cancelled" and error["source"] == "queued.toml" and (failed / "queued.toml").is_file()
+        assert _progress_step(root) < 200  # the running job was neither stopped nor waited for
+        wait_until(lambda: "queued.toml" not in _queued_sources(root), what="status.json without the cancelled job")
+        assert json.loads((root.path / "status.json").read_text())["running"]["source"] == "long.toml"
+        assert root.cli("cancel", "long.toml").returncode == 0
+        wait_until(lambda: len(root.failures()) == 2, what="the long job cancelled too")
+        _drop(root, "next.toml", 'prompt = "the next one"\nwidth = 64\nheight = 64\nduration = 0.5\nsteps = 2\n')
+        wait_until(root.results, what="the next job")
+        assert [root.metadata(r)["source"] for r in root.results()] == ["next.toml"]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)

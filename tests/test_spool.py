@@ -177,3 +177,32 @@ def test_fail_moves_the_original_with_error_files(spool: tuple[Spool, Clock]) ->
     assert "broken" in (target / "error.txt").read_text() and "fix it" in (target / "error.txt").read_text()
     assert json.loads((target / "error.json").read_text())["status"] == "invalid"
     assert not job.folder.exists()
+
+
+def test_fail_keeps_the_input_in_processing_until_its_failed_folder_is_in_place(
+        spool: tuple[Spool, Clock], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from hotfolder.folders import spool as spool_module
+
+    s, clock = spool
+    (s.config.inbox / "bad.toml").write_text("prompt = ")
+    s.inbox.settled(s.inbox.scan())
+    clock.now += 2
+    job = s.claim(s.inbox.settled(s.inbox.scan())[0][0])
+    real_move = spool_module.move_to_free_name
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "move_to_free_name", disk_full)
+    with pytest.raises(OSError):
+        s.fail(job, {"status": "invalid", "message": "bad.toml: line 1: broken"})
+    assert job.input_path.read_text() == "prompt = "  # still where a restart finds it
+    assert list(s.config.failed.iterdir()) == []
+    monkeypatch.setattr(spool_module, "move_to_free_name", real_move)
+    [again] = Spool(s.config).recover()  # a restart: the half-built failed/ folder goes, the job stays
+    assert again.job_id == job.job_id and not list(job.folder.glob("failed-*"))
+    target = s.fail(again, {"status": "invalid", "message": "bad.toml: line 1: broken"})
+    assert (target / "bad.toml").read_text() == "prompt = " and not job.folder.exists()
+    assert json.loads((target / "error.json").read_text())["job_id"] == job.job_id

@@ -1,42 +1,97 @@
 """The daemon: watch the inbox, claim settled jobs, run them one at a time on a resident model.
 
-Two threads. The main thread scans (woken by file events, and on a timer because
-events are only hints), settles, claims and parses; invalid jobs fail at once.
-One worker thread owns the backend, keeps the model loaded between jobs, and
-runs the queue by priority, then arrival. Signal handlers only set flags.
+Threads, each with one kind of work, so that nothing slow ever stalls the scan:
+- main: the scan (woken by file events, and on a timer because events are only hints),
+  settle and claim (one rename and a small journal write), the heartbeat (status.json),
+  cancels of queued jobs, a full disk's pause and resume. Signal handlers only set flags.
+- admit: parses each claimed job (bounded by max_prompt_bytes) and queues it; invalid
+  jobs fail at once.
+- check (CHECK_THREADS): the attachment checks of jobs that name an image or a voice-over
+  (ffmpeg reads each file through, at most PROBE_TIMEOUT_S), so a slow file delays only its job.
+- worker: owns the backend, keeps the model loaded between jobs, and runs the queue by
+  priority, then arrival.
+
+A job that kills the process (out of memory, a crash in native code, power loss) is
+known at the next start from its journal: each attempt is recorded before the risky
+work begins; after `max_attempts` such deaths the job goes to failed/ and the queue
+moves on. A full disk pauses claiming and jobs (status.json says so) until space is
+back. A stop ends the process within STOP_PROMISE_S whatever the worker is doing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import queue as queues
 import shutil
 import signal
+import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
-from hotfolder import backends, log
+from hotfolder import backends, fsutil, gallery, log
 from hotfolder.config import Config, ModelInfo
 from hotfolder.daemon.produce import Producer, Report, Timings, entry_id, iso
 from hotfolder.daemon.provider import Provider
 from hotfolder.daemon.queue import IDLE, JobQueue, QueueItem
-from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, retryable
+from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, UsageError, retryable
 from hotfolder.folders import status as status_file
-from hotfolder.folders.lock import RootLock
 from hotfolder.folders.arrivals import Arrival, Candidate
-from hotfolder.folders.spool import Job, Spool, cancelled_error, crash_point
-from hotfolder.folders.status import HEARTBEAT_S, STOP_GRACE_S
+from hotfolder.folders.lock import RootLock
+from hotfolder.folders.spool import (DELIVERED, DIED, FAILED, PAUSED, STOPPED, Job, Spool, cancelled_error,
+                                     crash_point, outcome)
+from hotfolder.folders.status import HEARTBEAT_S, STOP_GRACE_S, STOP_PROMISE_S
 from hotfolder.fsutil import read_json, write_json_atomic
 from hotfolder.job import attachments
-from hotfolder.job.names import is_job_file_name, job_file_in_folder, sync_conflict_of
+from hotfolder.job.names import is_job_file_name, job_file_in_folder, not_a_job_message, sync_conflict_of
 from hotfolder.job.spec import JobSpec, attachment_names, parse
+from hotfolder.media import ffmpeg
 from hotfolder.service import notify
 
 MAX_BACKOFF_S = 300.0
+CHECK_THREADS = 2  # attachment checks at once: one slow voice-over never holds up the others
+RESERVE_NAME = ".hotfolder.reserve"
+RESERVE_BYTES = 1024 * 1024  # kept in hand on the root's disk, given back when it fills
+RESUME_FREE_BYTES = 256 * 1024 * 1024  # a paused daemon resumes with this free (at most a tenth of the disk)
+MAX_PAUSED_TRIES = 3  # a job that meets a full disk this often fails like any other error (the disk may be another)
+# The stages of a running job, in order, and how each reads. The journal records the risky ones
+# (the model's work, in this process) before they begin; "starting" is the cache lookup.
+STAGES = {"queued": "queued", "starting": "checking the cache", "loading": "loading the model",
+          "generating": "generating", "decoding": "decoding", "encoding": "encoding", "delivering": "delivering"}
+RISKY = ("loading", "generating", "decoding", "encoding")
+# Denoising phases a backend follows with another (its two-stage pipelines): their last step is not the end.
+FIRST_OF_TWO = frozenset({"stage1"})
+CRASH_HINT = (
+    "Something in this job ends the whole process: running out of memory (the system then kills the biggest "
+    "process), a crash in the model's native code, or the machine losing power. Make it lighter: a smaller size "
+    "or a shorter duration, mode = \"preview\", or another model (`hotfolder models list`); then move the job "
+    "back into the inbox (`hotfolder retry` with this folder's name). If every job does this, run `hotfolder doctor`."
+)
+
+
+class _Paused(Interrupted):
+    """Raised from a step callback when the disk filled: the job stops and waits for space."""
+
+
+@dataclass
+class _Run:
+    """The entry the worker runs now: what status.json and progress.json say about it."""
+
+    job: Job
+    eid: str
+    spec: JobSpec
+    attempt: dict[str, Any]  # this attempt's record in job.json
+    stage: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    phase: str = ""
+    phase_started: float = field(default_factory=time.monotonic)
 
 
 class Daemon:
@@ -55,16 +110,25 @@ class Daemon:
         self.log = log.get("hotfolder.daemon")
         self.stop = threading.Event()
         self.wake = threading.Event()
-        self.jobs: dict[str, tuple[Job, list[JobSpec]]] = {}
+        self.jobs: dict[str, tuple[Job, list[JobSpec]]] = {}  # admitted, with entries queued or running
         self.failures = 0
         self.delivered = 0
-        self._busy = threading.Event()  # the worker is running a job
-        self._state_lock = threading.Lock()
-        self._running: dict[str, Any] | None = None
+        self._lock = threading.RLock()  # jobs, the running entry, recent results, the pause, counters
+        self._run: _Run | None = None
+        self._current: str | None = None  # the job id the worker holds
+        self._admitting: set[str] = set()  # claimed, being parsed or checked
+        self._admit_queue: queues.SimpleQueue[Job | None] = queues.SimpleQueue()
+        self._check_queue: queues.SimpleQueue[tuple[Job, list[JobSpec]] | None] = queues.SimpleQueue()
         self._recent: list[dict[str, Any]] = []
         self._started = time.time()
         self._worker: threading.Thread | None = None
         self._peeked: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
+        self._paused: str | None = None  # why claiming and jobs wait (a full disk), for status.json
+        self._resumed = threading.Event()  # clear while paused: the worker waits on it
+        self._resumed.set()
+        self._reserve = _Reserve(config.root / RESERVE_NAME)
+        self._stop_at: float | None = None  # monotonic time of the stop signal
+        self._said: dict[str, str] = {}  # the last error logged per place, so a lasting one is said once
         self.producer = Producer(config, self.spool, self.provider, self.stop)
 
     # -- lifecycle ----------------------------------------------------
@@ -72,12 +136,12 @@ class Daemon:
         """Serve until stopped (or, with once, until the inbox is empty). Returns the exit code."""
         from hotfolder.folders.watch import InboxWatcher
 
-        self.spool.ensure_folders()
-        lock = RootLock(self.config.root)
-        lock.acquire()
+        lock = self._open_root()
         self._install_signals()
         watcher = InboxWatcher(self.config.inbox, self.wake, polling=self.config.polling)
         try:
+            self._write_status()  # at once: what a dead daemon left never shows its job as running
+            self._write_gallery()
             self.log.info(
                 "daemon started",
                 root=str(self.config.root),
@@ -86,67 +150,184 @@ class Daemon:
                 backend=self.config.backend,
                 once=self.once,
             )
+            self._warn_missing_weights()
+            trouble = self._reserve.make()
+            if trouble is not None and _disk_full(trouble):
+                self._pause(trouble, "starting")
+            self._start_threads()
             for job in self.spool.recover():
                 self.log.info("requeued after restart", job_id=job.job_id, source=job.source)
                 self._admit(job)
             crash_point("recovered")
             watcher.start()
-            self._worker = threading.Thread(target=self._work, name="hotfolder-worker", daemon=True)
-            self._worker.start()
             self._scan_loop(watcher)
         finally:
-            self.stop.set()
-            self.queue.close()
-            if self._worker is not None:
-                self._worker.join(timeout=STOP_GRACE_S)
-            watcher.stop()
-            if self._worker is None or not self._worker.is_alive():
-                self.provider.close()
-            self._write_status(state="stopped")
-            lock.release()
-            self.log.info("daemon stopped", delivered=self.delivered, failed=self.failures)
+            self._shutdown(watcher, lock)
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
         return 1 if (self.once and self.failures) else 0
+
+    def _open_root(self) -> RootLock:
+        """Make the root's folders and take its lock; a root that cannot be written is refused in words."""
+        lock = RootLock(self.config.root)
+        try:
+            self.spool.ensure_folders()
+            lock.acquire()
+        except UsageError:
+            raise
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise UsageError(
+                f"cannot use {self.config.root} as the root: {e.strerror or e}{where}. hotfolder needs a writable "
+                "folder there: make it writable, or give another root with --root (or root = in the config file)."
+            ) from None
+        return lock
+
+    def _start_threads(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="hotfolder-worker", daemon=True)
+        self._worker.start()
+        threading.Thread(target=self._admit_loop, name="hotfolder-admit", daemon=True).start()
+        for n in range(CHECK_THREADS):
+            threading.Thread(target=self._check_loop, name=f"hotfolder-check-{n + 1}", daemon=True).start()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
 
         def handler(signum: int, _frame: Any) -> None:
-            if self.stop.is_set():
-                os._exit(1)  # a second signal: out at once; processing/ still holds the job
+            if self.stop.is_set():  # a second signal: out at once; processing/ still holds the job
+                self._leave_running_job(wait_s=0.5)
+                os._exit(1)
+            self._stop_at = time.monotonic()
             self.stop.set()
             self.wake.set()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def _shutdown(self, watcher: Any, lock: RootLock) -> None:
+        """Stop within STOP_PROMISE_S of the signal, whatever the worker is doing.
+
+        The running job gets until STOP_GRACE_S to reach its next step (a second, in a stage that has
+        no steps: loading, decoding); an ffmpeg still running is ended at once (the job is made again
+        at the next start anyway). A worker still inside a long call is left behind: its job stays in
+        processing/, journalled as stopped (not as a death). After a signal the process ends at once
+        once status.json and the lock are done, without the interpreter's slow teardown.
+        """
+        signalled = self._stop_at is not None
+        stop_at = self._stop_at if signalled else time.monotonic()
+        self.stop.set()
+        self.wake.set()
+        self.queue.close()
+        self._resumed.set()
+        if signalled:  # an ffmpeg still running works for nothing now
+            ffmpeg.stop_all()
+        self._admit_queue.put(None)
+        for _ in range(CHECK_THREADS):
+            self._check_queue.put(None)
+        self._wait_for_worker(stop_at)
+        stuck = self._worker is not None and self._worker.is_alive()
+        watcher.stop(timeout=max(0.0, min(2.0, stop_at + STOP_PROMISE_S - 1.5 - time.monotonic())))
+        if stuck:
+            self._leave_running_job(wait_s=0.5)
+        elif not signalled:
+            self.provider.close()
+        self._write_status(state="stopped")
+        lock.release()
+        self.log.info("daemon stopped", delivered=self.delivered, failed=self.failures)
+        if signalled or stuck:
+            for handler in logging.getLogger().handlers:
+                with contextlib.suppress(Exception):
+                    handler.flush()
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(self._exit_code())
+
+    def _wait_for_worker(self, stop_at: float) -> None:
+        """Until the worker is done, or its grace is over: STOP_GRACE_S to reach a step, 1 s where there is none."""
+        while self._worker is not None and self._worker.is_alive():
+            with self._lock:
+                stage = self._run.stage if self._run is not None else ""
+            grace = min(STOP_GRACE_S, 1.0) if stage in ("loading", "decoding") else STOP_GRACE_S
+            left = stop_at + grace - time.monotonic()
+            if left <= 0:
+                return
+            self._worker.join(timeout=min(left, 0.1))
+
+    def _leave_running_job(self, *, wait_s: float) -> None:
+        """The process ends with a job running: journal its attempt as stopped (it is not the job's fault)."""
+        with self._lock:
+            run = self._run
+        if run is None or outcome(run.attempt) is not None:
+            return
+        run.attempt["outcome"] = STOPPED
+        with contextlib.suppress(OSError):
+            run.job.save(timeout=wait_s)
+        with contextlib.suppress(Exception):
+            self.log.info("stopping without waiting for the running job: it stays in processing/ and starts again "
+                          "at the next start", job_id=run.eid, stage=run.stage)
+
     def _scan_loop(self, watcher: Any) -> None:
-        last_status = 0.0
+        last_status = last_sweep = 0.0
         while not self.stop.is_set():
             self.wake.clear()
+            if self._paused:
+                self._try_resume()
             candidates = self.spool.inbox.scan()
             ready, settling = self.spool.inbox.settled(candidates)
-            arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
-            for arrival in arrivals:
-                self._take(arrival)
+            if not self._paused:
+                arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
+                for arrival in arrivals:
+                    if self.stop.is_set() or self._paused:
+                        break
+                    self._take(arrival)
+                    if time.monotonic() - last_status >= HEARTBEAT_S:  # a burst of claims never stales it
+                        self._write_status()
+                        last_status = time.monotonic()
             now = time.monotonic()
+            if now - last_sweep >= min(self.config.rescan_seconds, HEARTBEAT_S):
+                self._sweep_cancels()
+                last_sweep = now
             if now - last_status >= HEARTBEAT_S:
+                self._keep_folders()
                 watcher.ensure_alive()
                 self._write_status()
                 last_status = now
-            if self.once and not candidates and not len(self.queue) and not self._busy.is_set():
+            if self.once and not candidates and self._idle():
                 break
             timeout = max(0.05, self.config.settle_seconds / 4) if settling else self.config.rescan_seconds
-            if self.once:
-                timeout = min(timeout, 0.25)
+            if self.once or self._paused:
+                timeout = min(timeout, 0.25 if self.once else 1.0)
             self.wake.wait(min(timeout, HEARTBEAT_S))
+
+    def _idle(self) -> bool:
+        """Nothing claimed is waiting for admission, for its turn or for space: what --once waits for."""
+        with self._lock:
+            return not self._admitting and not self._paused and self.queue.pending() == 0
+
+    def _keep_folders(self) -> None:
+        """Folders someone deleted while the daemon runs are made again (never the root itself)."""
+        try:
+            self.spool.ensure_folders(make_root=False)
+        except OSError as e:
+            self._say("folders", "cannot make the root's folders", error=_one_line(e), root=str(self.config.root))
 
     # -- claim and admit ------------------------------------------------
     def _take(self, arrival: Arrival) -> None:
-        job = self.spool.claim(arrival.candidate, arrival.attachments)
+        try:
+            job = self.spool.claim(arrival.candidate, arrival.attachments)
+        except Exception as e:  # the file stays in the inbox; the scan goes on
+            if _disk_full(e):
+                self._pause(e, f"claiming {arrival.candidate.rel}")
+            else:
+                self._say(f"claim {arrival.candidate.rel}", "cannot claim: it stays in the inbox",
+                          source=arrival.candidate.rel, error=_one_line(e))
+            return
         if job is None:
             return
-        self.log.info("claimed", job_id=job.job_id, source=job.source, attachments=job.attachments or None)
+        self.log.info("claimed", job_id=job.job_id, source=job.source, attachments=job.attachments)
         original = sync_conflict_of(Path(job.source).name)
         if original is not None:
             self.log.warning("sync conflict copy: processed as its own job", job_id=job.job_id, source=job.source,
@@ -169,7 +350,7 @@ class Daemon:
             return cached[1]
         try:
             specs = parse(c.path, self.config, preset=c.preset, display_name=Path(c.rel).name)
-        except JobInvalid:
+        except Exception:  # claimed as it is, it fails with what is wrong (at admission, off this thread)
             specs = []
         names = {n for spec in specs for n in attachment_names(spec)}
         folder = Path(c.rel).parent
@@ -180,23 +361,51 @@ class Daemon:
         return found
 
     def _admit(self, job: Job) -> None:
-        """Parse a claimed job (or reuse the specs saved at its first claim) and queue its entries."""
-        try:
-            specs = self._specs(job)
-        except JobInvalid as e:
-            self._fail(job, _invalid_error(e))
-            return
-        self.jobs[job.job_id] = (job, specs)
-        for index, spec in enumerate(specs):
-            if str(index) in job.done:
-                continue
-            self.queue.put(QueueItem((-spec.priority, job.arrival, job.seq, index), job.job_id, index))
-        if all(str(i) in job.done for i in range(len(specs))):
-            self.spool.finish(job)
-            self.jobs.pop(job.job_id, None)
-        self._write_status()
+        """Hand a claimed job to the admit thread (parse, checks, queue): never work on the scan thread."""
+        with self._lock:
+            self._admitting.add(job.job_id)
+        self._admit_queue.put(job)
 
-    def _specs(self, job: Job) -> list[JobSpec]:
+    def _admit_loop(self) -> None:
+        while (job := self._admit_queue.get()) is not None:
+            self._admission(job, self._parse)
+
+    def _check_loop(self) -> None:
+        while (item := self._check_queue.get()) is not None:
+            job, specs = item
+            self._admission(job, lambda j: self._check(j, specs))
+
+    def _admission(self, job: Job, step: Callable[[Job], list[JobSpec] | None]) -> None:
+        """One step of a job's admission; it ends queued, in failed/, or set aside (a full disk, a stop)."""
+        handed_on = False
+        try:
+            try:
+                specs = step(job)
+            except JobInvalid as e:
+                if not self.stop.is_set():  # a check ended by the stop is no verdict on the file
+                    self._fail(job, _invalid_error(e))
+                return
+            except Exception as e:
+                if self.stop.is_set() or _disk_full(e):
+                    raise  # not the job's fault: set aside below
+                self.log.error("the job could not be read", job_id=job.job_id, source=job.source,
+                               error=_one_line(e), exc_info=not isinstance(e, OSError))
+                self._fail(job, _unreadable_error(job, e))
+                return
+            if specs is None:
+                handed_on = True  # to the checkers
+                return
+            self._queue_job(job, specs)
+        except Exception as e:
+            self._set_aside(job, e, "admitting it")
+        finally:
+            if not handed_on:
+                with self._lock:
+                    self._admitting.discard(job.job_id)
+                self.wake.set()
+
+    def _parse(self, job: Job) -> list[JobSpec] | None:
+        """The job's entries (saved at its first admission, or parsed now); None when its files need checks."""
         saved = job.folder / "specs.json"
         if saved.is_file():
             return [JobSpec(**{**d, "adjustments": tuple(d["adjustments"])}) for d in read_json(saved)]
@@ -215,21 +424,90 @@ class Daemon:
         if path.is_dir():
             path = job_file_in_folder(path, label)
         elif not is_job_file_name(path.name):
-            raise JobInvalid(label, [Problem(
-                f"'{path.name}' is not a job file, and no job file in the inbox named it within "
-                f"{self.config.attachment_wait_seconds:g} s (attachment_wait_seconds). A job is a .toml or .txt "
-                "file; to use this file as an image or voice-over, name it in a job file ([image] file or "
-                "[audio] file) next to it, or put both into one folder"
-            )])  # fmt: skip
+            raise JobInvalid(label, [Problem(not_a_job_message(path.name,
+                                                               wait_s=self.config.attachment_wait_seconds))])
         specs = parse(path, self.config, preset=job.preset, display_name=Path(job.source).name)
-        specs = attachments.check_job(specs, job.base, self.config, label=label, loose=not job.input_path.is_dir())
-        write_json_atomic(saved, [asdict(s) for s in specs])
+        if any(attachment_names(spec) for spec in specs):
+            self._check_queue.put((job, specs))  # ffmpeg reads them through: off this thread
+            return None
+        return self._check(job, specs)
+
+    def _check(self, job: Job, specs: list[JobSpec]) -> list[JobSpec]:
+        specs = attachments.check_job(specs, job.base, self.config, label=job.source, loose=not job.input_path.is_dir())
+        write_json_atomic(job.folder / "specs.json", [asdict(s) for s in specs])
         return specs
+
+    def _queue_job(self, job: Job, specs: list[JobSpec]) -> None:
+        """Queue the entries still to make; a cancelled job, and entries whose attempts are used up, fail here."""
+        if job.cancel_requested:
+            self.log.info("cancelled before it started", job_id=job.job_id, source=job.source)
+            self._fail(job, cancelled_error("hotfolder cancel"))
+            return
+        for index, spec in enumerate(specs):
+            if str(index) in job.done:
+                continue
+            error = _used_up(job, index, self.config.max_attempts)
+            if error is not None:
+                self._fail(job, error, index=index, count=len(specs), spec=spec)
+                if len(specs) == 1:
+                    return
+        if all(str(i) in job.done for i in range(len(specs))):
+            self.spool.finish(job)
+            self._write_status()
+            return
+        with contextlib.suppress(OSError):  # before it is queued: never over a running job's progress
+            job.write_progress({"job_id": job.job_id, "stage": "queued", "text": STAGES["queued"],
+                                "updated": iso(time.time())})
+        with self._lock:
+            self.jobs[job.job_id] = (job, specs)
+            for index, spec in enumerate(specs):
+                if str(index) not in job.done:
+                    self.queue.put(QueueItem((-spec.priority, job.arrival, job.seq, index), job.job_id, index))
+        self._write_status()
+
+    def _set_aside(self, job: Job, e: BaseException, doing: str) -> None:
+        """A job that could not go on for a reason not its own stays in processing/, out of the queue: a full
+        disk takes it up again on resume, anything else at the next start."""
+        with self._lock:
+            self.jobs.pop(job.job_id, None)
+        self.queue.remove(job.job_id)
+        if self.stop.is_set():
+            return
+        if _disk_full(e):
+            self._pause(e, f"{doing} ({job.source})")
+        else:
+            self.log.error("could not go on with the job: it stays in processing/ and is taken up at the next start",
+                           job_id=job.job_id, source=job.source, doing=doing, error=_one_line(e),
+                           exc_info=not isinstance(e, (OSError, HotfolderError)))
+
+    def _sweep_cancels(self) -> None:
+        """A queued (not running) job whose cancel marker appeared, or whose folder was removed, leaves now."""
+        with self._lock:
+            waiting = [job for job_id, (job, _) in self.jobs.items() if job_id != self._current]
+        for job in waiting:
+            gone = not job.folder.exists()
+            if not gone and not job.cancel_requested:
+                continue
+            with self._lock:
+                if job.job_id == self._current or job.job_id not in self.jobs:
+                    continue  # the worker took it meanwhile: its own check stops it
+                self.jobs.pop(job.job_id)
+            self.queue.remove(job.job_id)
+            if gone:
+                self.log.info("cancelled: the job's folder was removed from processing/", job_id=job.job_id)
+                self._write_status()
+                continue
+            self.log.info("cancelled while queued", job_id=job.job_id, source=job.source)
+            try:
+                self._fail(job, cancelled_error("hotfolder cancel"))
+            except Exception as e:
+                self._set_aside(job, e, "cancelling it")
 
     # -- the worker ---------------------------------------------------
     def _work(self) -> None:
         idle_after = self.config.idle_unload_minutes * 60 or None
         while True:
+            self._resumed.wait()
             item = self.queue.get(idle_after if self.provider.backend is not None else None)
             if item is None:
                 return
@@ -239,24 +517,38 @@ class Daemon:
                 self.provider.close()
                 self._write_status()
                 continue
+            try:
+                self._take_item(item)
+            except Exception:  # the worker must survive anything a job does
+                self.log.exception("worker error", job_id=item.job_id)
+            finally:
+                self.queue.done()
+                self.wake.set()
+
+    def _take_item(self, item: QueueItem) -> None:
+        if self._paused:  # the disk filled while it waited: back it goes until there is space
+            self.queue.put(item)
+            return
+        with self._lock:
             entry = self.jobs.get(item.job_id)
             if entry is None:
-                continue
+                return  # failed, cancelled or set aside meanwhile
             job, specs = entry
             if str(item.index) in job.done:
-                continue  # already delivered (or failed): a stale retry must not run it twice
-            self._busy.set()
-            try:
-                self._run_entry(job, item, specs)
-            except Exception:  # the worker must survive anything a job does
-                self.log.exception("worker error", job_id=job.job_id)
-            finally:
-                self._busy.clear()
-                self.wake.set()
-            if all(str(i) in job.done for i in range(len(specs))):
-                crash_point("finishing")
-                self.spool.finish(job)
-                self.jobs.pop(job.job_id, None)
+                return  # already delivered (or failed): a stale retry must not run it twice
+            self._current = job.job_id
+        try:
+            self._run_entry(job, item, specs)
+        finally:
+            with self._lock:
+                self._current = None
+                finished = self.jobs.get(job.job_id, (None,))[0] is job and \
+                    all(str(i) in job.done for i in range(len(specs)))
+                if finished:
+                    self.jobs.pop(job.job_id, None)
+        if finished:
+            crash_point("finishing")
+            self.spool.finish(job)
 
     def _run_entry(self, job: Job, item: QueueItem, specs: list[JobSpec]) -> None:
         index, spec = item.index, specs[item.index]
@@ -264,6 +556,9 @@ class Daemon:
         structlog.contextvars.bind_contextvars(job_id=eid)
         log.attach_job_log(eid, job.log_file)
         timings = Timings(queued=job.arrival, started=time.time())
+        attempt: dict[str, Any] = {"index": index, "started": iso(timings.started), "stage": "starting"}
+        job.attempts.append(attempt)  # journalled when the risky work begins (see _stage)
+        run = _Run(job=job, eid=eid, spec=spec, attempt=attempt)
         try:
             _check_cancel(job)
             self.log.info(
@@ -280,154 +575,405 @@ class Daemon:
             )
             for adjustment in spec.adjustments:
                 self.log.info("adjusted", change=adjustment)
-            self._set_running(job, eid, spec, stage="loading")
-            video = self.producer.produce(job, index, len(specs), spec, timings, self._reporter(job, eid, spec))
-            self.delivered += 1
+            self._stage(run, "starting")
+            report = Report(stage=lambda stage: self._stage(run, stage), on_step=self._on_step(run))
+            video = self.producer.produce(job, index, len(specs), spec, timings, report)
+            with self._lock:
+                self.delivered += 1
             self._remember(job, eid, "done", video)
             notify.job_finished(self.config, name=spec.name, path=str(video), ok=True)
-        except Interrupted as e:
-            if self.stop.is_set():
-                self.log.info("interrupted by stop; stays queued for the next start", reason=str(e))
-            elif not job.folder.exists():
-                self.log.info("cancelled: the job's folder was removed from processing/")
-                self.jobs.pop(job.job_id, None)
-            else:
-                self.log.info("cancelled", reason=str(e))
-                self._fail(job, cancelled_error("hotfolder cancel"), index=None)
-        except Exception as e:  # the error's type says whether another attempt could help
-            if retryable(e):
-                self._attempt_failed(job, item, specs, spec, e, timings)
-            else:
-                if not isinstance(e, JobInvalid):
-                    self.log.error("failed; retrying cannot help", kind=getattr(e, "kind", "error"), error=str(e))
-                record = _invalid_error(e) if isinstance(e, JobInvalid) else _error(e, getattr(e, "kind", "error"))
-                self._fail(job, record, index=index, count=len(specs), spec=spec)
+        except Exception as e:
+            self._entry_failed(run, item, specs, e)
         finally:
             shutil.rmtree(job.stage / str(index), ignore_errors=True)
-            self._set_running(None)
+            with self._lock:
+                self._run = None
+            self._write_status()
             log.detach_job_log(eid)
             structlog.contextvars.unbind_contextvars("job_id")
 
-    def _attempt_failed(
-        self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec, e: Exception, timings: Timings
-    ) -> None:
+    def _entry_failed(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: Exception) -> None:
+        """What an attempt's end means: wait for space, stop, cancel, try again, or fail."""
+        job, attempt, index, spec = run.job, run.attempt, item.index, run.spec
+        paused = [a for a in job.attempts if a.get("index") == index and outcome(a) == PAUSED]
+        if isinstance(e, _Paused) or (_disk_full(e) and not self.stop.is_set() and len(paused) < MAX_PAUSED_TRIES):
+            if not isinstance(e, _Paused):
+                self._pause(e, f"running {run.eid}")
+            attempt["outcome"] = PAUSED
+            self._save_quietly(job)
+            self.log.warning("the disk is full: the job waits for space, then starts again", stage=run.stage)
+            self.queue.put(QueueItem(item.sort_key, item.job_id, index))
+            return
+        if self.stop.is_set():  # whatever ended it (a step's stop check, an ffmpeg ended by the stop)
+            attempt["outcome"] = STOPPED
+            self._save_quietly(job)
+            self.log.info("interrupted by stop; stays queued for the next start", reason=_one_line(e))
+            return
+        if isinstance(e, Interrupted):
+            attempt["outcome"] = "cancelled"
+            if not job.folder.exists():
+                self.log.info("cancelled: the job's folder was removed from processing/")
+                with self._lock:
+                    self.jobs.pop(job.job_id, None)
+                self.queue.remove(job.job_id)
+                return
+            self.log.info("cancelled", reason=str(e))
+            self._fail_or_set_aside(job, cancelled_error("hotfolder cancel"))
+            return
+        attempt.update(outcome=FAILED, error=_one_line(e), type=type(e).__name__, kind=getattr(e, "kind", "error"))
+        if retryable(e):
+            self._attempt_failed(job, item, specs, spec, e)
+            return
+        if not isinstance(e, JobInvalid):
+            self.log.error("failed; retrying cannot help", kind=getattr(e, "kind", "error"), error=str(e))
+        record = _invalid_error(e) if isinstance(e, JobInvalid) else _error(e, getattr(e, "kind", "error"))
+        self._fail_or_set_aside(job, record, index=index, count=len(specs), spec=spec)
+
+    def _attempt_failed(self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec, e: Exception) -> None:
         index = item.index
-        attempt = {"index": index, "started": iso(timings.started), "error": _one_line(e), "type": type(e).__name__}
-        job.attempts.append(attempt)
-        job.save()
-        tries = [a for a in job.attempts if a.get("index") == index]
+        self._save_quietly(job)
+        tries = job.tries(index)
         self.log.error("attempt failed", attempt=len(tries), max_attempts=self.config.max_attempts, error=_one_line(e),
                        exc_info=not isinstance(e, HotfolderError))
-        if len(tries) < self.config.max_attempts and not self.stop.is_set():
+        if len(tries) < self.config.max_attempts:
             delay = min(MAX_BACKOFF_S, self.config.retry_backoff_seconds * 4 ** (len(tries) - 1))
             self.log.info("will retry", in_s=delay)
             self.queue.put(QueueItem(item.sort_key, item.job_id, index, not_before=time.monotonic() + delay))
             return
         error = _error(e, "backend" if isinstance(e, BackendError) else "internal")
         error["attempts"] = tries
-        self._fail(job, error, index=index, count=len(specs), spec=spec)
+        self._fail_or_set_aside(job, error, index=index, count=len(specs), spec=spec)
+
+    def _save_quietly(self, job: Job) -> None:
+        """Journal an attempt's end; a journal that cannot be written now (a full disk) is written later."""
+        try:
+            job.save()
+        except OSError as e:
+            self._say("journal", "cannot write the job's journal", job_id=job.job_id, error=_one_line(e))
+
+    def _fail_or_set_aside(self, job: Job, error: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            self._fail(job, error, **kwargs)
+        except Exception as e:
+            self._set_aside(job, e, "moving it to failed/")
 
     def _fail(self, job: Job, error: dict[str, Any], *, index: int | None = None, count: int = 1,
               spec: JobSpec | None = None) -> None:
-        self.failures += 1
         single = index is None or count == 1
         eid = job.job_id if index is None else entry_id(job, index, count)
-        self.log.warning("failed", job_id=eid, source=job.source, error=error.get("message"))
         name = spec.name if spec is not None else None
         target = self.spool.fail(job, error, index=None if single else index, name=name)
+        with self._lock:
+            self.failures += 1
+            if single:
+                self.jobs.pop(job.job_id, None)
+                if index is not None:
+                    job.done[str(index)] = f"failed:{target.name}"
         if single:
-            self.jobs.pop(job.job_id, None)
-            if index is not None:
-                job.done[str(index)] = f"failed:{target.name}"
+            self.queue.remove(job.job_id)
+        self.log.warning("failed", job_id=eid, source=job.source, error=error.get("message"), path=str(target))
         self._remember(job, eid, "failed", target / "error.txt")
         notify.job_finished(self.config, name=name or Path(job.source).stem, path=str(target / "error.txt"),
                             ok=False, message=str(error.get("message") or ""))
 
-    # -- progress and status ------------------------------------------
-    def _reporter(self, job: Job, eid: str, spec: JobSpec) -> Report:
-        """What the producer tells as it goes: the stage (status.json) and each step (progress.json)."""
-        return Report(stage=lambda stage: self._set_running(job, eid, spec, stage=stage),
-                      on_step=self._progress_callback(job))
+    # -- a full disk ------------------------------------------------------
+    def _pause(self, e: BaseException, doing: str, *, status: bool = True) -> None:
+        """The root's disk is full: stop claiming and starting jobs, give back the reserve (so status.json and
+        the journal can still be written), and say so; `_try_resume` goes on once space is back."""
+        with self._lock:
+            first = self._paused is None
+            self._resumed.clear()
+            if first:
+                self._paused = "disk full"
+        if first:
+            self._reserve.release()
+            text = self._pause_text()
+            with self._lock:
+                self._paused = text
+            self.log.warning("disk full: claiming and jobs are paused until there is space again; nothing is lost",
+                             doing=doing, error=_one_line(e), root=str(self.config.root), status=text)
+        if status:
+            self._write_status()
 
-    def _progress_callback(self, job: Job) -> Callable[[str, int, int], None]:
-        started = time.monotonic()
+    def _pause_text(self) -> str:
+        free, need = self._free(), self._resume_need()
+        return (f"disk full: {_size(free)} free on the disk of {self.config.root}; claiming and jobs wait, "
+                f"and go on by themselves once {_size(need)} are free")
+
+    def _try_resume(self) -> None:
+        free, need = self._free(), self._resume_need()
+        if free < need:
+            text = self._pause_text()
+            with self._lock:
+                changed, self._paused = self._paused != text, text
+            if changed:
+                self._write_status()
+            return
+        if self._reserve.make() is not None:
+            return
+        with self._lock:
+            self._paused = None
+            self._resumed.set()
+        self.log.info("disk space is back: resuming", free=_size(free), root=str(self.config.root))
+        with self._lock:
+            known = set(self.jobs) | self._admitting | ({self._current} if self._current else set())
+        for job in self.spool.recover(skip=known):  # jobs set aside while the disk was full
+            self.log.info("taken up again now that there is space", job_id=job.job_id, source=job.source)
+            self._admit(job)
+        self._write_status()
+
+    def _free(self) -> int:
+        try:
+            return shutil.disk_usage(self.config.root).free
+        except OSError:
+            return 0
+
+    def _resume_need(self) -> int:
+        try:
+            total = shutil.disk_usage(self.config.root).total
+        except OSError:
+            total = RESUME_FREE_BYTES
+        return min(RESUME_FREE_BYTES, total // 10) + RESERVE_BYTES
+
+    # -- progress and status ------------------------------------------
+    def _stage(self, run: _Run, stage: str, **step: Any) -> None:
+        """The running entry enters `stage`: journalled before the risky work, then shown.
+
+        The first risky stage makes the attempt durable (fsynced: it survives a power loss too);
+        later stages only refine where it got, written without a flush (they survive the process
+        being killed, which is what they are for, at no cost per job).
+        """
+        if outcome(run.attempt) is None and stage in RISKY and run.attempt.get("stage") != stage:
+            first = run.attempt.get("stage") not in RISKY
+            run.attempt["stage"] = stage
+            run.job.save(durable=first)
+        if stage == run.stage and not step:
+            return
+        if stage == "delivering":
+            run.attempt["outcome"] = DELIVERED  # the risky work is over; the delivery journals it
+        run.stage = stage
+        with self._lock:
+            self._run = run
+        self._progress(run, stage, **step)
+        self._write_status()
+
+    def _on_step(self, run: _Run) -> Callable[[str, int, int], None]:
+        """The backend's per-step callback: stop, pause and cancel checks, the step, and the end of denoising."""
         last = [0.0]
 
-        def on_step(stage: str, step: int, total: int) -> None:
+        def on_step(phase: str, step: int, total: int) -> None:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            _check_cancel(job)
+            if self._paused:
+                raise _Paused("the disk is full")
+            _check_cancel(run.job)
+            if step == 1:
+                crash_point("generating")
+            if phase in ("decode", "decoding") or (total and step >= total and phase not in FIRST_OF_TWO):
+                stage = "decoding"  # the last step is done: the backend decodes until generate returns
+            else:
+                stage = "generating"
+            if phase != run.phase:
+                run.phase, run.phase_started = phase, time.monotonic()
             now = time.monotonic()
-            if now - last[0] >= 0.25 or step >= total:
+            if stage != run.stage:
                 last[0] = now
-                elapsed = now - started
-                eta = elapsed / step * (total - step) if step else None
-                self._progress(job, stage=stage, step=step, total=total, eta_s=eta)
+                self._stage(run, stage, phase=phase, step=step, total=total)
+            elif now - last[0] >= 0.25 or step >= total:  # status.json takes it with the next heartbeat
+                last[0] = now
+                self._progress(run, stage, phase=phase, step=step, total=total)
 
         return on_step
 
-    def _progress(self, job: Job, *, stage: str, step: int = 0, total: int = 0, eta_s: float | None = None) -> None:
-        data = {
-            "job_id": job.job_id,
-            "stage": stage,
-            "step": step,
-            "total_steps": total,
-            "percent": round(100.0 * step / total, 1) if total else 0.0,
-            "eta_s": None if eta_s is None else round(eta_s, 1),
-            "updated": iso(time.time()),
-        }
+    def _progress(self, run: _Run, stage: str, *, phase: str = "", step: int = 0, total: int = 0) -> None:
+        """progress.json (and status.json's running entry): the stage; steps only while generating."""
+        data: dict[str, Any] = {"job_id": run.job.job_id, "stage": stage, "text": STAGES.get(stage, stage)}
+        if stage == "generating" and total:
+            elapsed = time.monotonic() - run.phase_started
+            eta = elapsed / step * (total - step) if step else None
+            data.update(phase=phase, step=step, total_steps=total, percent=round(100.0 * step / total, 1),
+                        eta_s=None if eta is None else round(eta, 1))
+            data["text"] = f"generating step {step}/{total}" + (f" ({phase})" if phase and phase != "denoise" else "")
+        data["updated"] = iso(time.time())
+        with self._lock:
+            run.progress = data
         try:
-            write_json_atomic(job.progress_file, data, durable=False)
+            run.job.write_progress(data)
         except FileNotFoundError:
             return  # the folder was removed (cancel); the next step notices
-        with self._state_lock:
-            if self._running is not None:
-                self._running["progress"] = data
-
-    def _set_running(self, job: Job | None, eid: str = "", spec: JobSpec | None = None, stage: str = "") -> None:
-        with self._state_lock:
-            if job is None or spec is None:
-                self._running = None
-            else:
-                self._running = {"job_id": eid, "source": job.source, "name": spec.name, "prompt": spec.prompt[:200],
-                                 "progress": {"stage": stage}}
-        if job is not None:
-            self._progress(job, stage=stage)
-        self._write_status()
+        except OSError as e:
+            if _disk_full(e):
+                self._pause(e, "writing progress.json")
 
     def _remember(self, job: Job, eid: str, status: str, path: Path) -> None:
-        with self._state_lock:
+        with self._lock:
             self._recent.insert(0, {"job_id": eid, "source": job.source, "status": status, "path": str(path),
                                     "finished": iso(time.time())})
             del self._recent[20:]
         self._write_status()
+        self._write_gallery()
+
+    def _write_gallery(self) -> None:
+        """outbox/index.html, after each delivery and failure and at start: never a job's problem."""
+        try:
+            gallery.write(self.config)
+        except OSError as e:
+            self._say("gallery", "cannot write the gallery (outbox/index.html)", error=_one_line(e))
+        else:
+            self._said.pop("gallery", None)
+
+    def _status(self, state: str) -> dict[str, Any]:
+        queue = []
+        for item in self.queue.snapshot():
+            entry = self.jobs.get(item.job_id)
+            if entry is None:
+                continue
+            job, specs = entry
+            queue.append({"position": len(queue) + 1, "job_id": entry_id(job, item.index, len(specs)),
+                          "source": job.source, "name": specs[item.index].name,
+                          "priority": specs[item.index].priority, "stage": "queued"})
+        run = self._run if state == "running" else None
+        running = None
+        if run is not None:
+            running = {"job_id": run.eid, "source": run.job.source, "name": run.spec.name,
+                       "prompt": run.spec.prompt[:200], "progress": run.progress or {"stage": run.stage}}
+        return {
+            "daemon": {"state": state, "pid": os.getpid(), "root": str(self.config.root),
+                       "started": iso(self._started), "heartbeat": iso(time.time()),
+                       "heartbeat_unix": time.time(), "model_loaded": list(self.provider.key or []),
+                       "model": self.config.model, "backend": self.config.backend},  # for jobs that name none
+            "paused": self._paused,
+            "queue": queue,
+            "running": running,
+            "recent": self._recent,
+        }
 
     def _write_status(self, state: str = "running") -> None:
-        with self._state_lock:
-            queue = []
-            for pos, item in enumerate(self.queue.snapshot()):
-                entry = self.jobs.get(item.job_id)
-                if entry is None:
-                    continue
-                job, specs = entry
-                queue.append({"position": pos + 1, "job_id": entry_id(job, item.index, len(specs)),
-                              "source": job.source, "name": specs[item.index].name,
-                              "priority": specs[item.index].priority})
-            status = {
-                "daemon": {"state": state, "pid": os.getpid(), "root": str(self.config.root),
-                           "started": iso(self._started), "heartbeat": iso(time.time()),
-                           "heartbeat_unix": time.time(), "model_loaded": list(self.provider.key or [])},
-                "queue": queue,
-                "running": self._running,
-                "recent": self._recent,
-            }
-            try:
-                status_file.write(self.config.root, status)
-            except OSError as e:
-                self.log.warning("cannot write status", error=str(e))
+        for first in (True, False):
+            with self._lock:
+                try:
+                    status = self._status(state)
+                    status_file.write(self.config.root, status)
+                except OSError as e:
+                    error = e
+                else:
+                    self._said.pop("status", None)
+                    try:
+                        gallery.write_status(self.config, status)  # the gallery's live view
+                    except OSError as e:
+                        self._say("gallery", "cannot write the gallery's status script", error=_one_line(e))
+                    return
+            if not (first and _disk_full(error) and not self._paused):
+                break
+            self._pause(error, "writing status.json", status=False)  # the reserve it gives back makes room
+        self._say("status", "cannot write status.json", path=str(self.config.status_file), error=_one_line(error))
+
+    def _say(self, where: str, event: str, **fields: Any) -> None:
+        """Log a warning once while it stays the same (a lasting problem is not repeated every scan)."""
+        text = f"{event} {fields}"
+        if self._said.get(where) != text:
+            self._said[where] = text
+            self.log.warning(event, **fields)
+
+    # -- the default model ----------------------------------------------
+    def _warn_missing_weights(self) -> None:
+        """Say at start when the default model's weights are not here: each job using it would fail."""
+        try:
+            problem = _weights_missing(self.config)
+        except Exception:  # a question about the disk must never stop the start
+            return
+        if problem:
+            self.log.warning(problem)
 
 
 # -- helpers ----------------------------------------------------------
+class _Reserve:
+    """A little space kept in hand on the root's disk (<root>/.hotfolder.reserve), given back when the disk
+    fills so the daemon can still say so in status.json and journal what it stops; made again to resume."""
+
+    def __init__(self, path: Path, size: int = RESERVE_BYTES):
+        self.path = path
+        self.size = size
+
+    def make(self) -> OSError | None:
+        """The reserve in place (random bytes: a compressing file system cannot shrink it); the error if not."""
+        try:
+            if self.path.stat().st_size == self.size:
+                return None
+        except OSError:
+            pass
+        try:
+            fsutil.write_atomic(self.path, os.urandom(self.size), durable=False)
+        except OSError as e:
+            return e
+        return None
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _weights_missing(config: Config) -> str | None:
+    """Why the default model cannot run here for lack of weights, with the command that fetches them; None if it can."""
+    from hotfolder import weights
+    from hotfolder.backends import choose
+
+    model = config.model_info(config.model)
+    if model is None or model.tiny:
+        return None
+    backend, _ = choose.resolve("auto", model, config)
+    if backend == "mlx":
+        present = choose.mlx_weights_present(model)
+    elif backend == "diffusers":
+        if model.local_path:
+            present = Path(model.local_path).expanduser().is_dir()
+        elif model.diffusers_repo is None:
+            return None  # no Diffusers weights exist for it: the job says so itself
+        else:
+            present = weights.repo_state(model.diffusers_repo, model.revision).complete
+    else:
+        return None  # another backend (the tests' fake): nothing to fetch
+    if present:
+        return None
+    size = f" (about {model.size_gb:.0f} GB)" if model.size_gb else ""
+    return (f"the weights of the default model {model.name} ({backend}) are not on this machine: every job that "
+            f"uses it will fail until you run `hotfolder models pull {model.name}`{size}")
+
+
+def _used_up(job: Job, index: int, max_attempts: int) -> dict[str, Any] | None:
+    """The failure record of an entry whose attempts are used up (the process died in them, or they failed)."""
+    tries = job.tries(index)
+    if len(tries) < max_attempts:
+        return None
+    last = tries[-1]
+    if outcome(last) == DIED:
+        deaths = sum(1 for a in tries if outcome(a) == DIED)
+        return {"status": "failed", "kind": "crashed",
+                "message": f"the process died while running this job {deaths} time{'s' if deaths != 1 else ''} "
+                           f"(last stage: {last.get('stage', '?')})",
+                "hint": CRASH_HINT, "attempts": tries, "retried": True}
+    return {"status": "failed", "kind": last.get("kind") or "backend", "message": last.get("error") or "failed",
+            "hint": "Look at the .log in this folder. To try again, move the job file back into the inbox.",
+            "attempts": tries}
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether `e` (or what caused it) is a full disk or quota, from the OS or from ffmpeg's words."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def _check_cancel(job: Job) -> None:
     """A removed folder or a `cancel` marker (hotfolder cancel) stops the job."""
     if not job.folder.exists():
@@ -439,6 +985,13 @@ def _check_cancel(job: Job) -> None:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _unreadable_error(job: Job, e: BaseException) -> dict[str, Any]:
+    """A job whose reading failed in a way no message foresaw (an I/O error, a bug): failed, never stuck."""
+    return {"status": "failed", "kind": "internal", "message": f"{job.source} could not be read: {_one_line(e)}",
+            "hint": "Look at the .log in this folder and at the daemon's log (hotfolder.log) for the details. "
+                    "To try again, `hotfolder retry` with this folder's name.", "retried": False}
 
 
 def _invalid_error(e: JobInvalid) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from hotfolder import __version__, log
+from hotfolder import __version__, gallery, log
 from hotfolder.backends import OnStep
 from hotfolder.cache import ResultCache, cache_key, model_identity, reads_cache, writes_cache
 from hotfolder.config import Config, ModelInfo
@@ -29,6 +29,7 @@ from hotfolder.errors import Interrupted, JobInvalid, Problem
 from hotfolder.folders.spool import Job, Spool, crash_point
 from hotfolder.fsutil import write_json_atomic
 from hotfolder.job import attachments
+from hotfolder.job.names import RESULT_NAME_MAX_BYTES, fit_name
 from hotfolder.job.spec import JobSpec
 from hotfolder.media.fit import describe_image_fit
 
@@ -173,7 +174,11 @@ def write_metadata(
 
 @dataclass(frozen=True)
 class Report:
-    """How a production tells the daemon where it is: `stage("generating")`, and each denoising step."""
+    """How a production tells the daemon where it is: `stage("generating")`, and each denoising step.
+
+    Stages, in order: "loading" (the model), "generating" (then each step through `on_step`),
+    "encoding", "delivering"; a cache hit goes straight to "encoding".
+    """
 
     stage: Callable[[str], None]
     on_step: OnStep
@@ -190,18 +195,31 @@ class Producer:
         self.log = log.get("hotfolder.daemon")
         self._identities: dict[tuple[str, str], str] = {}
         self._cache: ResultCache | None = None
+        self._cache_problem = ""  # the last cache error logged, so that a broken cache is said once, not per job
 
     @property
-    def cache(self) -> ResultCache:
-        """Opened on first use, by the worker (opening cleans up stores a crash left behind)."""
+    def cache(self) -> ResultCache | None:
+        """Opened on first use, by the worker (opening cleans up stores a crash left behind); None while the
+        cache folder cannot be used: jobs then run without it (the cache only ever saves work)."""
         if self._cache is None:
-            self._cache = ResultCache(self.config.cache_dir, self.config.cache_max_bytes)
+            try:
+                self._cache = ResultCache(self.config.cache_dir, self.config.cache_max_bytes)
+            except OSError as e:
+                self._cache_trouble("the cache cannot be opened: jobs run without it", e)
         return self._cache
+
+    def _cache_trouble(self, what: str, e: BaseException) -> None:
+        """A cache error never fails a job: it is logged (once while it stays the same) with the cache's path."""
+        problem = f"{what}: {e}"
+        if problem != self._cache_problem:
+            self._cache_problem = problem
+            self.log.warning(what, cache_dir=str(self.config.cache_dir), error=f"{type(e).__name__}: {e}",
+                             fix="check the cache folder (cache_dir): free space, permissions, or another folder")
 
     def produce(self, job: Job, index: int, count: int, spec: JobSpec, timings: Timings, report: Report) -> Path:
         """Make entry `index` of `job` and move its result folder into the outbox; returns the MP4's path.
 
-        `report.stage` is told "generating" and "encoding" as they begin; `report.on_step` is
+        `report.stage` is told each stage as it begins (see `Report`); `report.on_step` is
         the backend's per-step callback (progress, stop and cancel checks).
         """
         from hotfolder import media
@@ -209,6 +227,8 @@ class Producer:
         model = self.config.model_info(spec.model)
         if model is None:
             raise JobInvalid(job.source, [Problem(f"model {spec.model!r} is no longer in the model table")])
+        if fit_name(spec.name, RESULT_NAME_MAX_BYTES) != spec.name:  # saved by an older version: fit it here
+            spec = dataclasses.replace(spec, name=fit_name(spec.name, RESULT_NAME_MAX_BYTES))
         stage = job.stage / str(index)
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
@@ -222,12 +242,7 @@ class Producer:
             outcome = self._generate(spec, model, mp4, timings, image, report)
             outcome.cache_key = key
             if writes_cache(spec):
-                self.cache.put(key, mp4, {"backend": outcome.backend, "device": outcome.device,
-                                          "has_audio": outcome.has_audio, "seed": spec.seed, "model": model.name,
-                                          "width": spec.width, "height": spec.height,
-                                          "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info})
-                self.log.info("stored in cache", cache_key=key)
-                crash_point("cached")
+                self._store(key, mp4, spec, model, outcome)
 
         # 2. Post-processing: everything that is not in the cache key.
         report.stage("encoding")
@@ -241,7 +256,7 @@ class Producer:
             outputs["gif"] = f"{spec.name}.gif"
             crash_point("mid_encode")
         if spec.thumbnail:
-            media.make_thumbnail(mp4, stage / f"{spec.name}.jpg")
+            media.make_thumbnail(mp4, stage / f"{spec.name}.jpg", description=gallery.describe(spec, model))
             outputs["thumbnail"] = f"{spec.name}.jpg"
         outputs["job"] = copy_original(job, stage)
         _copy_attachments(job, stage)
@@ -254,26 +269,60 @@ class Producer:
         timings.finished = time.time()
         write_metadata(stage, job=job, index=index, count=count, spec=spec, outcome=outcome,
                        timings=timings, outputs=outputs, attachments=used)
+        report.stage("delivering")
         self.log.info("delivering", total_s=round(timings.finished - timings.started, 2))
-        if job.log_file.exists():
-            shutil.copy2(job.log_file, stage / f"{spec.name}.log")
+        staged_log = stage / f"{spec.name}.log"
+
+        def last_line(target: Path) -> None:
+            """The result's log, ending with its own "delivered" line (written before the move, so it is whole)."""
+            staged_log.unlink(missing_ok=True)
+            if job.log_file.exists():
+                shutil.copy2(job.log_file, staged_log)
+            with open(staged_log, "a", encoding="utf-8") as f:
+                f.write(log.job_line("delivered", path=str(target / mp4.name)))
+
         crash_point("staged")
-        target = self.spool.deliver(job, index, stage, spec.name)
+        target = self.spool.deliver(job, index, stage, spec.name, before=last_line)
         self.log.info("delivered", path=str(target / mp4.name))
         return target / mp4.name
+
+    def _store(self, key: str, mp4: Path, spec: JobSpec, model: ModelInfo, outcome: Outcome) -> None:
+        """Keep the clip for identical requests. A cache that cannot take it (full, read-only) is logged;
+        the job goes on and is delivered (it is never generated again for that)."""
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            cache.put(key, mp4, {"backend": outcome.backend, "device": outcome.device, "has_audio": outcome.has_audio,
+                                 "seed": spec.seed, "model": model.name, "width": spec.width, "height": spec.height,
+                                 "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info})
+        except OSError as e:
+            self._cache_trouble("could not store the result in the cache; it is delivered anyway", e)
+            return
+        self._cache_problem = ""
+        self.log.info("stored in cache", cache_key=key)
+        crash_point("cached")
 
     def _from_cache(self, key: str, spec: JobSpec, model: ModelInfo, mp4: Path) -> Outcome | None:
         if not reads_cache(spec):
             if spec.cache == "refresh":
                 self.log.info("cache refresh: regenerating", cache_key=key)
             return None
-        entry = self.cache.get(key)
-        if entry is None:
+        cache = self.cache
+        if cache is None:
             return None
         try:
-            how = self.cache.deliver(entry, mp4)
+            entry = cache.get(key)
+            if entry is None:
+                return None
+            how = cache.deliver(entry, mp4)
         except FileNotFoundError:
+            mp4.unlink(missing_ok=True)
             return None  # evicted between get and deliver: a miss
+        except OSError as e:
+            mp4.unlink(missing_ok=True)
+            self._cache_trouble("could not read the cache: the job runs without it", e)
+            return None
         meta = entry.meta
         self.log.info("cache hit: the model was not used", cache_key=key, delivered_by=how)
         return Outcome(backend=meta.get("backend", spec.backend), device=meta.get("device", "none"), model=model,
@@ -324,10 +373,13 @@ class Producer:
 
         if self.stop.is_set():
             raise Interrupted("stopping")
+        loaded = self.provider.serves(spec, model)
+        if not loaded:
+            report.stage("loading")
         backend, timings.load_s = self.provider.get(spec, model)
-        if timings.load_s:
+        if not loaded:
             self.log.info("model loaded", model=model.label, backend=backend.name, device=backend.device,
-                          load_s=round(timings.load_s, 2))
+                          **({"load_s": round(timings.load_s, 2)} if timings.load_s >= 0.01 else {}))
         report.stage("generating")
         t0 = time.perf_counter()
         run_spec = dataclasses.replace(spec, image=str(image)) if image is not None else spec
@@ -339,7 +391,7 @@ class Producer:
                       **({"stages": "; ".join(stages)} if stages else {}))
         report.stage("encoding")
         t0 = time.perf_counter()
-        media.encode_mp4(clip, mp4)
+        media.encode_mp4(clip, mp4, tags=gallery.mp4_tags(spec, model), audio_rate=media.MIX_RATE)
         crash_point("encoded")
         timings.encode_s = time.perf_counter() - t0
         return Outcome(backend=backend.name, device=backend.device, model=model, has_audio=clip.audio is not None,

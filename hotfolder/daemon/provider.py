@@ -20,10 +20,14 @@ class Provider:
         self.backend: backends.Backend | None = None
         self.loads = 0
 
+    def serves(self, spec: JobSpec, model: ModelInfo) -> bool:
+        """Whether the loaded backend is the one this spec needs (then `get` loads nothing)."""
+        return self.backend is not None and self.key == (spec.backend, model.name)
+
     def get(self, spec: JobSpec, model: ModelInfo) -> tuple[backends.Backend, float]:
         """The loaded backend for this spec, and the seconds spent loading it now (0 when resident)."""
         key = (spec.backend, model.name)
-        if self.backend is not None and key == self.key:
+        if self.serves(spec, model):
             return self.backend, 0.0
         self.close()
         t0 = time.perf_counter()

@@ -27,6 +27,7 @@ class JobQueue:
         self._cond = threading.Condition()
         self._closed = False
         self._clock = clock
+        self._taken = 0  # items handed out by `get` and not yet `done`
 
     def put(self, item: QueueItem) -> None:
         with self._cond:
@@ -44,12 +45,33 @@ class JobQueue:
                     item = min(due)
                     self._heap.remove(item)
                     heapq.heapify(self._heap)
+                    self._taken += 1
                     return item
                 if idle_at is not None and now >= idle_at:
                     return IDLE
                 waits = [i.not_before - now for i in self._heap] + ([idle_at - now] if idle_at is not None else [])
                 self._cond.wait(timeout=min(waits, default=None))
             return None
+
+    def done(self) -> None:
+        """The item `get` handed out is finished with (run, or put back)."""
+        with self._cond:
+            self._taken = max(0, self._taken - 1)
+
+    def pending(self) -> int:
+        """Items waiting plus items handed out and not yet done: 0 means nothing is left to run."""
+        with self._cond:
+            return len(self._heap) + self._taken
+
+    def remove(self, job_id: str) -> int:
+        """Take every waiting item of `job_id` off the queue (a cancel); returns how many there were."""
+        with self._cond:
+            kept = [i for i in self._heap if i.job_id != job_id]
+            removed = len(self._heap) - len(kept)
+            if removed:
+                self._heap = kept
+                heapq.heapify(self._heap)
+            return removed
 
     def close(self) -> None:
         with self._cond:

@@ -27,8 +27,11 @@ class RootLock:
                 f"another hotfolder daemon (pid {holder}) is already running on {self.path.parent}. "
                 "Stop it first, or use another --root."
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the pid is for people (and the message above); a full disk must not stop the start
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         self._fd = fd
 
     def release(self) -> None:

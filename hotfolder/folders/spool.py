@@ -3,33 +3,40 @@
 The folders are the journal. Everything a claimed job owns lives in
 `processing/<job_id>/`, so a restart rebuilds the queue from the folders alone:
 
-    processing/<job_id>/job.json        who the job is, its attempts, what was delivered
+    processing/<job_id>/job.json        who the job is, its attempts (each started, its stage, how it ended),
+                                        what was delivered or failed
     processing/<job_id>/input/<rel>     the claimed file or folder (rel keeps inbox/<preset>/), and the
                                         attachments a loose job file named, beside it
     processing/<job_id>/stage/          results being built (thrown away on restart)
-    processing/<job_id>/progress.json   stage, step, percent, ETA of the running job
+    processing/<job_id>/failed-<i>/     a failed/ folder being built (thrown away on restart)
+    processing/<job_id>/progress.json   stage, step, percent, ETA of the running job ("queued" otherwise)
     processing/<job_id>/job.log         this job's log lines
 
-Every state change is one `os.rename` on one filesystem. What is in the inbox and
-when it has settled is `arrivals.py`'s part; `Spool.inbox` is that watcher.
+Every state change is one `os.rename` on one filesystem, journalled in job.json
+before it happens. The input never leaves processing/ before the folder that takes
+its place (a result, or a failed/ folder holding links to the same files) is in
+place. An attempt is journalled before the risky work begins, so a restart knows
+which attempts the process did not survive. What is in the inbox and when it has
+settled is `arrivals.py`'s part; `Spool.inbox` is that watcher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from hotfolder.config import Config
 from hotfolder.folders.arrivals import Arrivals, Candidate
-
-from hotfolder.fsutil import read_json, write_json_atomic
-from hotfolder.job.names import is_ignored, move_to_free_name
+from hotfolder.fsutil import read_json, write_atomic, write_json_atomic
+from hotfolder.job.names import RESULT_NAME_MAX_BYTES, fit_name, is_ignored, move_to_free_name
 
 CANCEL_MARKER = "cancel"  # processing/<job>/cancel: `hotfolder cancel` asks the daemon to stop this job
 
@@ -47,6 +54,19 @@ def timestamp(wall: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(wall))
 
 
+# How an attempt ended (job.json "attempts"): none yet means it is running, or the process died in it.
+DELIVERED, FAILED, DIED, STOPPED, PAUSED = "delivered", "failed", "died", "stopped", "paused"
+COUNTED = (FAILED, DIED)  # the outcomes that use up one of max_attempts
+
+
+def outcome(attempt: dict[str, Any]) -> str | None:
+    """How an attempt ended; a record from before outcomes were journalled counts as failed."""
+    return attempt.get("outcome") or (FAILED if "error" in attempt else None)
+
+
+_SAVES = threading.Lock()  # job.json is saved by the worker and, at a stop, by the main thread
+
+
 @dataclass
 class Job:
     """A claimed job: its folder in processing/ and what job.json records."""
@@ -61,6 +81,7 @@ class Job:
     delivering: dict[str, str] = field(default_factory=dict)  # index -> outbox folder name
     done: dict[str, str] = field(default_factory=dict)  # index -> outbox folder name (or "failed:...")
     attachments: list[str] = field(default_factory=list)  # inbox-relative files claimed with a loose job file
+    failing: dict[str, str] = field(default_factory=dict)  # "all" or index -> failed/ folder name, before the move
 
     @property
     def input_path(self) -> Path:
@@ -103,10 +124,28 @@ class Job:
             "delivering": self.delivering,
             "done": self.done,
             "attachments": self.attachments,
+            "failing": self.failing,
         }
 
-    def save(self) -> None:
-        write_json_atomic(self.folder / "job.json", self.record())
+    def save(self, *, durable: bool = True, timeout: float = -1) -> bool:
+        """Journal the job. Serialised, so the last save holds the last change; False when the lock was not
+        had within `timeout` seconds (a stop that cannot wait). `durable=False` survives the process being
+        killed (the kernel has it) but not a power loss: for details that may be lost, never for a state."""
+        if not _SAVES.acquire(timeout=timeout):
+            return False
+        try:
+            write_json_atomic(self.folder / "job.json", self.record(), durable=durable)
+        finally:
+            _SAVES.release()
+        return True
+
+    def tries(self, index: int) -> list[dict[str, Any]]:
+        """The attempts at entry `index` that used up one of max_attempts (failed, or the process died)."""
+        return [a for a in self.attempts if a.get("index") == index and outcome(a) in COUNTED]
+
+    def write_progress(self, data: dict[str, Any]) -> None:
+        """progress.json: rewritten atomically, not fsynced (rebuilt at every start)."""
+        write_json_atomic(self.progress_file, data, durable=False)
 
     @classmethod
     def from_record(cls, folder: Path, rec: dict[str, Any]) -> Job:
@@ -122,6 +161,7 @@ class Job:
             delivering=rec.get("delivering", {}),
             done=rec.get("done", {}),
             attachments=rec.get("attachments", []),
+            failing=rec.get("failing", {}),
         )
 
     @classmethod
@@ -150,9 +190,11 @@ class Spool:
         self._seq = 0
 
     # -- folders -------------------------------------------------------
-    def ensure_folders(self) -> None:
+    def ensure_folders(self, *, make_root: bool = True) -> None:
+        """The root's folders, made where missing. `make_root=False` (a running daemon putting back a folder
+        someone deleted) never creates the root itself: a root that vanished (an unmounted drive) stays gone."""
         for folder in (self.config.inbox, self.config.processing, self.config.outbox, self.config.failed):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=make_root, exist_ok=True)
         for preset in self.config.presets:
             (self.config.inbox / preset).mkdir(exist_ok=True)
 
@@ -172,13 +214,16 @@ class Spool:
         folder = self.config.processing / job_id
         job = Job(job_id=job_id, folder=folder, source=c.rel, preset=c.preset, arrival=wall, seq=self._seq,
                   attachments=[a.rel for a in attachments])  # fmt: skip
-        job.input_path.parent.mkdir(parents=True)
-        job.save()
         try:
+            job.input_path.parent.mkdir(parents=True)
+            job.save()
             os.rename(c.path, job.input_path)
         except FileNotFoundError:
             shutil.rmtree(folder, ignore_errors=True)
             return None  # someone else claimed it
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)  # a full disk: the file stays in the inbox
+            raise
         crash_point("claimed")
         self._claim_attachments(job)
         return job
@@ -198,11 +243,14 @@ class Spool:
                 continue
             crash_point("claimed_attachment")
 
-    def recover(self) -> list[Job]:
-        """Rebuild the queue from processing/ after a start or a crash.
+    def recover(self, skip: Collection[str] = ()) -> list[Job]:
+        """Rebuild the queue from processing/ after a start or a crash (jobs in `skip` are left alone).
 
-        Partial staging output is discarded; folders whose claim never happened are
-        removed; a delivery that reached the outbox before the crash is marked done.
+        Partial staging output and half-built failed/ folders are discarded; folders whose
+        claim never happened are removed; a delivery (or a move to failed/) that happened
+        before the crash is marked done; an attempt the journal says started and never
+        ended is marked "died" (the process died while running it); progress.json says
+        "queued", never what a dead process was doing.
         """
         jobs: list[Job] = []
         try:
@@ -210,19 +258,30 @@ class Spool:
         except FileNotFoundError:
             return jobs
         for entry in entries:
-            if is_ignored(entry.name) or not entry.is_dir(follow_symlinks=False):
+            if is_ignored(entry.name) or not entry.is_dir(follow_symlinks=False) or entry.name in skip:
                 continue
             folder = Path(entry.path)
             job = Job.load(folder)
             if job is None or not os.path.lexists(job.input_path):
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
+            if self._failed_already(job):
+                self.finish(job)  # moved to failed/ just before the crash: only the clean-up was left
+                continue
             self._claim_attachments(job)  # a crash between the job file's rename and its attachments'
             for index, name in list(job.delivering.items()):
                 if index not in job.done and self._delivered_by(job, name):
                     job.done[index] = name
+            for attempt in job.attempts:
+                if outcome(attempt) is None:
+                    attempt["outcome"] = DIED
+                    attempt["error"] = f"the process died while running it (stage: {attempt.get('stage', '?')})"
             shutil.rmtree(job.stage, ignore_errors=True)
+            for built in folder.glob("failed-*"):
+                shutil.rmtree(built, ignore_errors=True)
             job.save()
+            with contextlib.suppress(OSError):
+                job.write_progress({"job_id": job.job_id, "stage": "queued", "text": "queued (after a restart)"})
             jobs.append(job)
         self._seq = max([self._seq] + [j.seq for j in jobs])
         return jobs
@@ -234,16 +293,38 @@ class Spool:
         except OSError:
             return False
 
+    def _failed_already(self, job: Job) -> bool:
+        """Sort out moves to failed/ the journal announced: True when the whole job is already there."""
+        for key, name in list(job.failing.items()):
+            try:
+                landed = read_json(self.config.failed / name / "error.json").get("job_id") == job.job_id
+            except (OSError, ValueError, AttributeError):
+                landed = False
+            if landed and key == "all":
+                return True
+            if landed:
+                job.done[key] = f"failed:{name}"
+            del job.failing[key]
+        return False
+
     # -- deliver / fail ------------------------------------------------
-    def deliver(self, job: Job, index: int, built: Path, name: str) -> Path:
-        """Move a fully built result folder into outbox/ with one rename; never overwrites."""
+    def deliver(self, job: Job, index: int, built: Path, name: str,
+                before: Callable[[Path], None] | None = None) -> Path:
+        """Move a fully built result folder into outbox/ with one rename; never overwrites.
+
+        `before(target)` runs right before each try, with the folder the result would become
+        (the producer writes the log's last line there). An outbox someone deleted is made again.
+        """
         (built / ".hotfolder-job").write_text(job.job_id + "\n")
 
         def journal(target: Path) -> None:  # before the rename, so a restart can tell it happened
+            if before is not None:
+                before(target)
             job.delivering[str(index)] = target.name
             job.save()
             crash_point("delivering")
 
+        self.config.outbox.mkdir(exist_ok=True)
         target = move_to_free_name(built, self.config.outbox, f"{timestamp()}_{name}", before=journal)
         crash_point("delivered")
         job.done[str(index)] = target.name
@@ -254,43 +335,66 @@ class Spool:
     def fail(self, job: Job, error: dict[str, Any], *, index: int | None = None, name: str | None = None) -> Path:
         """Put the job's original files plus error.txt and error.json into failed/.
 
-        With `index` (one entry of a batch) the original is copied and the job folder
-        stays for the other entries; otherwise the whole claim moves out of processing/.
+        The failed/ folder is built whole inside the job's folder, holding hard links to
+        the originals (copies where links cannot be made, and for one entry of a batch,
+        whose job folder stays for the other entries), journalled, then moved into failed/
+        with one rename: until that rename the input is still where a restart finds it,
+        and after it a restart sees the move happened (`recover`). Then the job's folder goes.
         """
-        name = name or Path(job.source).stem or "job"
-        build = job.folder / f"failed-{index if index is not None else 'all'}"
+        name = fit_name(name or Path(job.source).stem or "job", RESULT_NAME_MAX_BYTES)
+        key = "all" if index is None else str(index)
+        build = job.folder / f"failed-{key}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
         for original in (job.input_path, *job.attachment_paths):
-            if not os.path.lexists(original):
-                continue  # an attachment that never arrived
-            dest = build / original.name
-            if index is None:
-                os.rename(original, dest)
-            elif original.is_symlink():
-                os.symlink(os.readlink(original), dest)
-            elif original.is_dir():
-                shutil.copytree(original, dest, symlinks=True)
-            else:
-                shutil.copy2(original, dest)
+            if os.path.lexists(original):  # else an attachment that never arrived
+                _place(original, build / original.name, link=index is None)
         error = {"job_id": job.job_id, "source": job.source, "index": index, **error}
         if job.attachments:  # inbox-relative: where `hotfolder retry` should put them back
             error["attachments"] = job.attachments
         write_json_atomic(build / "error.json", error)
-        (build / "error.txt").write_text(_error_text(error), encoding="utf-8")
+        write_atomic(build / "error.txt", _error_text(error).encode("utf-8"))
         if job.log_file.exists():
             shutil.copy2(job.log_file, build / f"{name}.log")
-        target = move_to_free_name(build, self.config.failed, f"{timestamp()}_{name}")
+
+        def journal(target: Path) -> None:  # before the rename, so a restart can tell it happened
+            job.failing[key] = target.name
+            job.save()
+            crash_point("failing")
+
+        self.config.failed.mkdir(exist_ok=True)
+        target = move_to_free_name(build, self.config.failed, f"{timestamp()}_{name}", before=journal)
+        crash_point("failed")
         if index is None:
             self.finish(job)
         else:
-            job.done[str(index)] = f"failed:{target.name}"
+            job.done[key] = f"failed:{target.name}"
+            job.failing.pop(key, None)
             job.save()
         return target
 
     def finish(self, job: Job) -> None:
         """The job is fully delivered or failed: its processing/ folder goes."""
         shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def _place(src: Path, dest: Path, *, link: bool) -> None:
+    """`src` at `dest` too: a hard link (`link`, same disk: instant, no space), else a copy; a link as a link."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dest)
+    elif src.is_dir():
+        shutil.copytree(src, dest, symlinks=True, copy_function=_link_or_copy if link else shutil.copy2)
+    elif link:
+        _link_or_copy(src, dest)
+    else:
+        shutil.copy2(src, dest)
+
+
+def _link_or_copy(src: str | Path, dest: str | Path) -> None:
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError:  # a file system without hard links (or their limit reached): a copy
+        shutil.copy2(src, dest, follow_symlinks=False)
 
 
 def cancelled_error(by: str) -> dict[str, Any]:

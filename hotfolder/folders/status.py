@@ -18,7 +18,8 @@ from hotfolder.fsutil import read_json, write_json_atomic
 FILE = "status.json"
 HEARTBEAT_S = 2.0  # how often a running daemon rewrites status.json
 STALE_S = 10.0  # a heartbeat older than this: the daemon is not running (or hangs)
-STOP_GRACE_S = 8.0  # SIGTERM ends the daemon within this (the service files give it a little more)
+STOP_GRACE_S = 8.0  # after SIGTERM the running job has this long to reach its next step (then it is left for
+STOP_PROMISE_S = 10.0  # the next start) and the process is gone within this, whatever it was doing
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Seen:
     status: dict[str, Any] | None  # the whole file, None when there is none (or it is unreadable)
     alive: bool
     age_s: float | None  # seconds since the last heartbeat
+    unreadable: str | None = None  # why a status.json that is there cannot be read, in words; None otherwise
 
     @property
     def daemon(self) -> dict[str, Any]:
@@ -40,12 +42,18 @@ class Seen:
 
 def read(root: Path, *, now: float | None = None) -> Seen:
     """Read the root's status.json and judge the heartbeat."""
+    path = root / FILE
     try:
-        status = read_json(root / FILE)
-    except (OSError, ValueError):
-        status = None
-    if not isinstance(status, dict) or not isinstance(status.get("daemon"), dict):
+        status = read_json(path)
+    except FileNotFoundError:
         return Seen(None, False, None)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split("\n")[0]
+        return Seen(None, False, None, f"{path} is unreadable ({why}); a running daemon rewrites it within "
+                                       f"{HEARTBEAT_S:g} s, else start one with `hotfolder run`")
+    if not isinstance(status, dict) or not isinstance(status.get("daemon"), dict):
+        return Seen(None, False, None, f"{path} is unreadable (not a daemon's status); a running daemon rewrites "
+                                       f"it within {HEARTBEAT_S:g} s, else start one with `hotfolder run`")
     daemon = status["daemon"]
     try:
         age = (time.time() if now is None else now) - float(daemon.get("heartbeat_unix") or 0)

@@ -57,8 +57,9 @@ class InboxWatcher:
             self._observer = None
         return False
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; waits at most `timeout` seconds for the observer's thread (a daemon thread)."""
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=5)
+            self._observer.join(timeout=max(0.0, timeout))
             self._observer = None

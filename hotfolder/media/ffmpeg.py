@@ -3,13 +3,14 @@
 Every call runs the ffmpeg bundled by imageio-ffmpeg (no Homebrew, no PyAV), with an
 argument list (never a shell), `-nostdin -hide_banner` and a timeout, so a result never
 depends on what happens to be installed on the machine and a stuck ffmpeg cannot hang
-the worker. There is no ffprobe in imageio-ffmpeg, so `probe` runs ffmpeg itself: the
-`-i` header gives codecs and sizes, and one decode to `framecrc` gives exact frame and
-sample counts with their time bases.
+the worker; a stopping daemon ends every ffmpeg still running (`stop_all`). There is no
+ffprobe in imageio-ffmpeg, so `probe` runs ffmpeg itself: the `-i` header gives codecs and
+sizes, and one decode to `framecrc` gives exact frame and sample counts with their time bases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -17,6 +18,7 @@ import re
 import struct
 import subprocess
 import tempfile
+import threading
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
     from hotfolder.media.clip import Clip
 
 ENCODE_TIMEOUT_S = 600.0  # one clip's MP4 encode; generous for 1280x704x121 on two slow cores
-TIMEOUT_S = 120.0  # GIF, thumbnail, probe
+TIMEOUT_S = 120.0  # GIF, thumbnail
+PROBE_TIMEOUT_S = 60.0  # reading a file through (an attachment check): a 10-hour voice-over must not stall a job
 CRF = 18  # visually lossless-ish; x264's default is 23
 X264_PRESET = "medium"
 AAC_BITRATE = "160k"
@@ -101,6 +104,25 @@ def ffmpeg_exe() -> str:
 
 # --- running ffmpeg -------------------------------------------------------------------
 
+_children: set[subprocess.Popen[bytes]] = set()  # every ffmpeg running now, so that a stop can end them
+_children_lock = threading.Lock()
+_stopping = False
+
+
+def stop_all() -> int:
+    """Kill every ffmpeg this process runs and refuse new ones (the process is stopping); returns how many.
+
+    The caller of each killed run gets a MediaError saying ffmpeg was stopped.
+    """
+    global _stopping
+    with _children_lock:
+        _stopping = True
+        running = list(_children)
+    for proc in running:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    return len(running)
+
 
 def _tail(stderr: str) -> str:
     """The last lines of ffmpeg's log, progress lines (\\r) dropped: where the cause is."""
@@ -122,27 +144,37 @@ def _run(
     """Run ffmpeg with `args`; return (returncode, stdout, stderr). Raises MediaError on
     timeout, on a missing binary, and (with `check`) on a non-zero exit."""
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", *args]
+    with _children_lock:
+        if _stopping:
+            raise MediaError(file, f"{what}: not started, the process is stopping")
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise MediaError(file, f"{what}: cannot run ffmpeg ({exc})") from exc
+        _children.add(proc)
     try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        raise MediaError(file, f"{what}: cannot run ffmpeg ({exc})") from exc
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        stderr = err.decode("utf-8", "replace")
-        raise MediaError(file, f"{what}: ffmpeg did not finish within {timeout:g} s", stderr) from None
-    except BaseException:  # e.g. KeyboardInterrupt: never leave an ffmpeg behind
-        proc.kill()
-        proc.wait()
-        raise
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            stderr = err.decode("utf-8", "replace")
+            raise MediaError(file, f"{what}: ffmpeg did not finish within {timeout:g} s", stderr) from None
+        except BaseException:  # e.g. KeyboardInterrupt: never leave an ffmpeg behind
+            proc.kill()
+            proc.wait()
+            raise
+    finally:
+        with _children_lock:
+            _children.discard(proc)
     stderr = err.decode("utf-8", "replace")
+    if _stopping and proc.returncode != 0:
+        raise MediaError(file, f"{what}: ffmpeg was stopped (the process is stopping)", stderr)
     if check and proc.returncode != 0:
         raise MediaError(file, f"{what} failed (ffmpeg exit {proc.returncode})", stderr)
     return proc.returncode, out, stderr
@@ -175,12 +207,16 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
         w.writeframes(pcm.T.tobytes())  # interleaved: (samples, channels) in C order
 
 
-def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S) -> None:
+def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S, tags: dict[str, str] | None = None,
+               audio_rate: int | None = None) -> None:
     """Encode `clip` to `path`: H.264 yuv420p (CRF 18, BT.709 tagged), +faststart, fps exactly
     `clip.fps`, and AAC audio exactly as long as the video when the clip has sound.
 
     Frames go to ffmpeg as raw rgb24 on stdin; audio goes through a temporary WAV. `path`
     is written in place (the caller stages it); a partial file is removed on failure.
+    `tags`: the file's own metadata (title, comment, description, encoder, ...), which
+    Finder, Spotlight and players show; `creation_time` is now unless given. `audio_rate`:
+    resample the AAC to this rate (48000 for delivery) instead of keeping the clip's own.
     """
     path = Path(path)
     frames = np.asarray(clip.frames)
@@ -210,6 +246,14 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S) -> 
             write_wav(wav, fit_audio(audio, num_samples), int(clip.sample_rate))
             audio_args = ["-i", str(wav)]
             audio_out = ["-map", "1:a:0", "-c:a", "aac", "-b:a", AAC_BITRATE]
+            if audio_rate:
+                audio_out += ["-ar", str(int(audio_rate))]
+        metadata: list[str] = []
+        for key, value in (tags or {}).items():
+            # The muxer replaces "encoder" with its own name; "encoding_tool" fills the same MP4 atom.
+            metadata += ["-metadata", f"{'encoding_tool' if key == 'encoder' else key}={value}"]
+        if tags and "creation_time" not in tags:
+            metadata += ["-metadata", "creation_time=now"]
 
         args = [
             "-loglevel", "error", "-y",
@@ -224,6 +268,7 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S) -> 
             "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
             "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
             *audio_out,
+            *metadata,
             "-movflags", "+faststart",
             "-f", "mp4", str(path),
         ]  # fmt: skip
@@ -277,11 +322,14 @@ def make_gif(
         raise
 
 
-def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float = TIMEOUT_S) -> None:
+def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float = TIMEOUT_S,
+                   description: str | None = None) -> None:
     """The first frame of `video`, full size, as a JPEG (quality 92, 4:4:4 chroma).
 
     ffmpeg decodes the frame to PNG (colour converted by the stream's tags) and Pillow
     writes the JPEG, which gives a standard full-range JFIF and control over quality.
+    `description` (the prompt and seed) goes into the EXIF ImageDescription (UTF-8 when it
+    is not ASCII, as macOS and exiftool read it), Windows' XPComment and the JPEG comment.
     """
     from PIL import Image
 
@@ -294,10 +342,17 @@ def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float 
     _, out, err = _run(args, file=video, what="reading the first frame", timeout=timeout)
     if not out:
         raise MediaError(video, "has no frame to make a thumbnail from", err)
+    about: dict[str, object] = {}
+    if description:
+        exif = Image.Exif()
+        exif[0x010E] = description if description.isascii() else description.encode("utf-8")  # ImageDescription
+        exif[0x0131] = "hotfolder"  # Software
+        exif[0x9C9C] = description.encode("utf-16-le") + b"\0\0"  # XPComment
+        about = {"exif": exif, "comment": description.encode("utf-8")}
     try:
         with Image.open(io.BytesIO(out)) as im:
             # No optimize=True: Pillow 13 fails on detailed frames with "broken data stream".
-            im.convert("RGB").save(jpg, "JPEG", quality=quality, subsampling=0)
+            im.convert("RGB").save(jpg, "JPEG", quality=quality, subsampling=0, **about)
     except BaseException:
         jpg.unlink(missing_ok=True)
         raise
@@ -406,7 +461,7 @@ def is_faststart(path: Path) -> bool:
     return "moov" in atoms and "mdat" in atoms and atoms.index("moov") < atoms.index("mdat")
 
 
-def probe(path: Path, *, timeout: float = TIMEOUT_S) -> MediaInfo:
+def probe(path: Path, *, timeout: float = PROBE_TIMEOUT_S) -> MediaInfo:
     """Describe `path` exactly: codecs and sizes from ffmpeg's header, frame and sample counts
     by decoding the first video and audio streams once (to `framecrc`, which also prints each
     stream's time base, so fps is exact rather than the header's two decimals).
