@@ -136,7 +136,7 @@ def test_the_plist_parses_and_carries_every_key_with_the_right_type(tmp_path: Pa
     assert Path(data["ProgramArguments"][0]).is_absolute() and os.access(data["ProgramArguments"][0], os.X_OK)
     assert data["RunAtLoad"] is True
     assert data["KeepAlive"] == {"SuccessfulExit": False}
-    assert data["ProcessType"] == "Interactive"
+    assert data["ProcessType"] == "Standard"  # launchd.plist(5) reserves Interactive for apps
     assert type(data["ThrottleInterval"]) is int and data["ThrottleInterval"] >= 10
     # launchd SIGKILLs ExitTimeOut seconds after SIGTERM: it must outlast the daemon's graceful stop.
     assert type(data["ExitTimeOut"]) is int and data["ExitTimeOut"] == EXIT_TIMEOUT_S > STOP_GRACE_S + 2
@@ -164,9 +164,42 @@ def test_hf_home_defaults_to_huggingface_hubs_own_default(tmp_path: Path) -> Non
     host = Host(home=tmp_path, uid=UID, platform="darwin", python=PYTHON, env={})
     data = plistlib.loads(render_plist(_config(tmp_path), host))
     assert data["EnvironmentVariables"]["HF_HOME"] == str(tmp_path / ".cache" / "huggingface")
+    assert data["EnvironmentVariables"]["HF_HUB_CACHE"] == str(tmp_path / ".cache" / "huggingface" / "hub")
+
+
+HF_SHELLS = [  # the installing shell's variables -> (HF_HOME, HF_HUB_CACHE) the agent must get
+    ({"HF_HOME": "{t}/hf"}, ("{t}/hf", "{t}/hf/hub")),
+    ({"HF_HUB_CACHE": "{t}/big-disk/hub"}, ("{t}/home/.cache/huggingface", "{t}/big-disk/hub")),
+    ({"XDG_CACHE_HOME": "{t}/xdg"}, ("{t}/xdg/huggingface", "{t}/xdg/huggingface/hub")),
+    ({"HF_HOME": "~/hf-home", "HF_HUB_CACHE": "~/hub"}, ("{t}/home/hf-home", "{t}/home/hub")),
+]
+
+
+@pytest.mark.parametrize("shell, expected", HF_SHELLS)
+def test_the_agent_looks_for_weights_where_models_pull_put_them(tmp_path: Path, shell, expected) -> None:
+    """The plist and the unit carry the Hugging Face cache that huggingface_hub resolves in the installing
+    shell (HF_HOME, HF_HUB_CACHE, XDG_CACHE_HOME), so weights pulled from that shell are found by the agent."""
+    env = {k: v.format(t=tmp_path) for k, v in shell.items()}
+    home, hub = (v.format(t=tmp_path) for v in expected)
+    mac = Host(home=tmp_path / "home", uid=UID, platform="darwin", python=PYTHON, env=env)
+    plist_env = plistlib.loads(render_plist(_config(tmp_path), mac))["EnvironmentVariables"]
+    assert (plist_env["HF_HOME"], plist_env["HF_HUB_CACHE"], plist_env["HF_HUB_OFFLINE"]) == (home, hub, "1")
+    linux = Host(home=tmp_path / "home", uid=1000, platform="linux", python=PYTHON, env=env)
+    unit = render_unit(_config(tmp_path), linux)
+    assert f'"HF_HOME={home}"' in unit and f'"HF_HUB_CACHE={hub}"' in unit
+
+    # The same place huggingface_hub (and so `models pull`) resolves from that shell.
+    probe = "from hotfolder import weights; print(weights.hub_cache())"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "XDG_"))}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**clean, "HOME": str(tmp_path / "home"), **env})
+    assert out.stdout.strip() == hub, out.stderr
 
 
 def test_the_templates_are_valid_plists_with_placeholders_only_where_filled() -> None:
+    import hotfolder
+
+    assert Path(hotfolder.__file__).parent in TEMPLATES.parents  # package data: a wheel carries them
     template = plistlib.loads((TEMPLATES / f"{LABEL}.plist").read_bytes())
     assert template["ProgramArguments"][0] == "@PYTHON@"
     for name in ("Info.plist", "document.wflow"):
@@ -288,7 +321,7 @@ def test_install_says_so_when_the_daemon_never_comes_up(tmp_path: Path) -> None:
     host = _mac(tmp_path, FakeLaunchd(config.root, daemon_writes_status=False))
     lines: list[str] = []
     assert agent.install(config, host, say=lines.append) == 1
-    warning = next(line for line in lines if line.startswith("warning"))
+    warning = next(line for line in lines if line.startswith("warning") and "did not come up" in line)
     assert "daemon.err.log" in warning and "Full Disk Access" in warning and str(os.path.realpath(PYTHON)) in warning
 
 
@@ -331,7 +364,9 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     config = _config(tmp_path)
     launchd = FakeLaunchd(config.root)
     host = _mac(tmp_path, launchd)
-    agent.install(config, host, quick_action=True, say=lambda _: None)
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('model = "tiny"\n')  # built-in weights: submit's weights check passes anywhere
+    agent.install(config, host, quick_action=True, config_file=config_file, say=lambda _: None)
 
     bundle = tmp_path / "home" / "Library" / "Services" / "Make video with hotfolder.workflow"
     assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
@@ -350,7 +385,7 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert action["action"]["BundleIdentifier"] == "com.apple.RunShellScript"
     assert params["inputMethod"] == 1  # the selection arrives as arguments: "$@"
     assert params["shell"] == "/bin/zsh"
-    assert f"-m hotfolder submit --root {config.root}" in params["COMMAND_STRING"]
+    assert f"-m hotfolder submit --root {config.root} --config {config_file}" in params["COMMAND_STRING"]
     assert [PBS, "-flush"] in launchd.calls
 
     # The script itself, run by a POSIX shell with awkward file names as "$@": each becomes a job.
@@ -382,6 +417,15 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert (folder / "harbour at dawn.png").read_bytes() == image.read_bytes()
     [job] = folder.glob("*.toml")
     assert "Boats rocking gently in the harbour" in job.read_text() and "[image]" in job.read_text()
+
+    # A typed prompt is text, whatever it begins with: a dash is not an option, a slash not a path.
+    (fake_bin / "osascript").write_text('#!/bin/sh\necho "--narrate"\n')  # typed text that is a flag's name
+    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", str(image)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert run.returncode == 0, run.stderr
+    [job] = (config.inbox / "harbour at dawn 2").glob("*.toml")
+    assert 'prompt = "--narrate"' in job.read_text() and "tts" not in job.read_text()
 
 
 def test_uninstall_removes_our_quick_action_but_not_someone_elses(tmp_path: Path) -> None:
@@ -494,6 +538,7 @@ def test_systemd_install_enables_once_and_is_idempotent_and_uninstall_disables(t
 
 # -- Shortcuts: the command `agent install` prints for a "Run Shell Script" action -------------------
 def test_the_shortcuts_command_reads_stdin_and_prints_the_mp4_path_last(root: Root) -> None:
+    root.write_config(model="tiny")
     daemon = root.start(fake=True)
     try:
         run = root.cli("submit", "-", "--wait", "--timeout", "60", input="A lighthouse in a storm\n", fake=True,
@@ -527,7 +572,13 @@ def test_every_preset_example_is_a_valid_job_in_its_preset_folder(tmp_path: Path
 
 def test_the_shortcuts_script_returns_the_mp4_path_and_fails_with_the_error(root: Root) -> None:
     script = (EXAMPLES / "shortcuts" / "make-video.sh").read_text()
+    root.write_config(model="tiny")
     env = root.env(HOTFOLDER_PYTHON=sys.executable, HOTFOLDER_ROOT=str(root.path))
+    # The script passes no --config: it reads the user's config file, which says model = "tiny" here.
+    where = subprocess.run([sys.executable, "-c", "from hotfolder.config import default_config_file as f; print(f())"],
+                           capture_output=True, text=True, timeout=60, env=env).stdout.strip()
+    Path(where).parent.mkdir(parents=True, exist_ok=True)
+    Path(where).write_text(root.config.read_text())
     daemon = root.start(fake=True)
     try:
         ok = subprocess.run(["/bin/sh", "-c", script], input='A fox says "hi" for $5 `now`\n', capture_output=True,
@@ -549,3 +600,72 @@ def test_the_folder_action_script_submits_each_file_with_quoted_arguments() -> N
     command = script[script.index("do shell script"):script.index("tell application")]
     for value in ("hotfolderPython", "hotfolderRoot", "itemPath"):
         assert command.count(value) == 1 and f"(quoted form of {value})" in command, value
+
+
+# -- Linux without a user session (ssh, su, a container): no user bus ---------------------------------------
+class NoUserBus(FakeSystemd):
+    """systemctl --user where this login has no user manager: every call fails on the bus."""
+
+    def __call__(self, argv: Sequence[str]) -> Completed:
+        self.calls.append(list(argv))
+        return Completed(1, "", "Failed to connect to bus: No medium found\n")
+
+
+def test_without_a_user_bus_install_gives_the_linger_hint(tmp_path: Path) -> None:
+    host = _linux(tmp_path, NoUserBus())
+    with pytest.raises(HotfolderError, match="loginctl enable-linger"):
+        agent.install(_config(tmp_path), host, say=lambda _: None)
+
+
+def test_without_a_user_bus_status_says_why_instead_of_install_again(tmp_path: Path) -> None:
+    host = _linux(tmp_path, NoUserBus())
+    host.unit_path.parent.mkdir(parents=True)
+    host.unit_path.write_text("[Unit]\n")
+    text = agent.status(host).describe()
+    assert "no user bus" in text and "No medium found" in text and "loginctl enable-linger" in text, text
+    assert "hotfolder agent install" not in text and "installed" in text
+
+
+def test_without_a_user_bus_uninstall_still_removes_the_unit_file(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    host = _linux(tmp_path, FakeSystemd(config.root))
+    agent.install(config, host, say=lambda _: None)
+    assert host.unit_path.is_file()
+    gone = Host(home=host.home, uid=1000, platform="linux", python=PYTHON, run=NoUserBus(), env=dict(host.env))
+    lines: list[str] = []
+    assert agent.uninstall(gone, say=lines.append) == 0
+    assert not host.unit_path.exists()
+    assert any("could not tell systemd" in line for line in lines) and "agent removed" in lines[-1], lines
+
+
+def test_the_real_systemctl_without_a_user_bus_is_reported_not_raised(tmp_path: Path) -> None:
+    """This machine's own systemctl, with the user bus variables pointing nowhere."""
+    if shutil.which("systemctl") is None:
+        pytest.skip("no systemctl here")
+    from hotfolder.service.host import run_command
+
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "no-runtime"), "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/none"}
+
+    def runner(argv: Sequence[str]) -> Completed:
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+        return Completed(p.returncode, p.stdout, p.stderr)
+
+    assert run_command(["systemctl", "--version"]).returncode == 0
+    st = agent.status(Host(home=tmp_path, uid=os.getuid(), platform="linux", python=PYTHON, run=runner, env={}))
+    assert not st.loaded and st.unreachable, st
+
+
+# -- missing weights said at install -----------------------------------------------------------------------
+def test_install_warns_when_the_default_models_weights_are_missing(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    lines: list[str] = []
+    assert agent.install(config, _mac(tmp_path, FakeLaunchd(config.root)), say=lines.append) == 0
+    warning = next(line for line in lines if "weights" in line)
+    assert warning.startswith("warning:") and "hotfolder models pull ltx-2" in warning and "42 GB" in warning
+    assert str(tmp_path / "hf" / "hub") in warning  # looked where the agent will look
+
+    tiny = Config(root=config.root, model="tiny", cache_dir=tmp_path / "cache", log_dir=tmp_path / "logs",
+                  state_dir=tmp_path / "state")
+    lines.clear()
+    agent.install(tiny, _linux(tmp_path, FakeSystemd(config.root)), say=lines.append)
+    assert not any("weights" in line for line in lines), lines

@@ -190,3 +190,67 @@ def test_the_real_doctor_runs_on_this_machine(tmp_path: Path, capsys) -> None:
     assert code in (0, 1)
     for name in ("python", "packages", "backend", "ffmpeg", "root", "agent"):
         assert f"  {name} " in f"  {out}" or f" {name} " in out
+
+
+# -- answering in a few seconds: slow probes run beside the rest and are bounded ---------------------------------
+def test_a_device_probe_that_hangs_is_reported_not_waited_for(config: Config, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hangs(backend: str):
+        release.wait(60)  # a first `import torch` on a slow disk, a wedged GPU driver
+        return OK, "cuda", "late"
+
+    try:
+        checks = _by_name(doctor.run_checks(config, _probes(tmp_path, device=hangs, device_timeout=0.3)))
+    finally:
+        release.set()
+    c = checks["backend"]
+    assert c.status == WARN and "did not answer within 0.3 s" in c.detail and "doctor" in c.fix
+    assert checks["ffmpeg"].status == OK and checks["root"].status == OK  # the rest is still checked
+
+
+def test_a_service_manager_that_hangs_is_reported_not_waited_for(config: Config, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hangs(config: Config):
+        release.wait(60)
+        return _running(config)
+
+    try:
+        c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=hangs, probe_timeout=0.3)))["agent"]
+    finally:
+        release.set()
+    assert c.status == WARN and "did not answer within 0.3 s" in c.detail
+
+
+def test_the_doctor_itself_never_imports_torch_and_asks_a_child_for_the_device(tmp_path: Path) -> None:
+    """The device is probed in a child interpreter (bounded); the doctor's own process stays light."""
+    import subprocess
+    import sys
+
+    script = ("import json, sys\nfrom pathlib import Path\nfrom hotfolder.config import Config\n"
+              "from hotfolder.commands import doctor\n"
+              "checks = doctor.run_checks(Config(root=Path(sys.argv[1])))\n"
+              "print(json.dumps({'heavy': sorted({'torch', 'mlx', 'diffusers'} & set(sys.modules)),\n"
+              "                  'backend': [c.detail for c in checks if c.name == 'backend']}))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "root")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    [detail] = result["backend"]
+    assert "device check failed" not in detail, detail  # the child answered (or, on a slow machine, timed out)
+    assert " on cpu:" in detail or " on cuda:" in detail or " on mps:" in detail or "did not answer" in detail \
+        or "not installed" in detail, detail
+
+
+def test_without_a_user_bus_the_agent_check_says_why(config: Config, tmp_path: Path) -> None:
+    no_bus = lambda c: AgentStatus("systemd", Path("/x.service"), True, False, False,  # noqa: E731
+                                   unreachable="there is no systemd user manager for this login (no user bus)",
+                                   detail="`loginctl enable-linger` ...")
+    c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=no_bus)))["agent"]
+    assert c.status == WARN and "no user bus" in c.detail and "enable-linger" in c.detail

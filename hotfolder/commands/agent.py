@@ -40,9 +40,14 @@ class AgentStatus:
     last_exit: str | None = None
     detail: str = ""
 
+    unreachable: str | None = None  # why the service manager could not be asked at all
+
     def describe(self) -> str:
         if self.manager == "none":
             return self.detail
+        if self.unreachable:
+            where = f"{self.file} is installed" if self.installed else f"{self.file} is not installed"
+            return f"not loaded: {self.unreachable}. {where}. {self.detail}".strip()
         if not self.installed and not self.loaded:
             return f"not installed ({self.file} does not exist). Install: hotfolder agent install"
         if self.running:
@@ -66,6 +71,10 @@ def status(host: Host) -> AgentStatus:
     if host.platform.startswith("linux"):
         p = systemd.show(host)
         installed = host.unit_path.exists()
+        why = systemd.unreachable(p)
+        if why is not None:
+            return AgentStatus("systemd", host.unit_path, installed, False, False, unreachable=why,
+                               detail=systemd.LINGER_HINT)
         if p.returncode != 0:
             return AgentStatus("systemd", host.unit_path, installed, False, False,
                                detail=f"systemctl --user failed: {p.stderr.strip()}")
@@ -97,6 +106,7 @@ def install(config: Config, host: Host, *, config_file: Path | None = None, fda_
     if quick_action and host.platform != "darwin":
         raise UsageError("--quick-action: Finder Quick Actions exist only on macOS.")
     Spool(config).ensure_folders()  # the folders exist before the first login, ready for Finder
+    warn_missing_weights(config, host, say)  # before the service manager: said even when that step fails
     if host.platform == "darwin":
         launchd.install(config, host, config_file, say)
     elif host.platform.startswith("linux"):
@@ -110,6 +120,21 @@ def install(config: Config, host: Host, *, config_file: Path | None = None, fda_
     submit = shlex.join([str(host.python), "-m", "hotfolder", "submit", "-", "--wait", "--root", str(config.root)])
     say(f"for Shortcuts and scripts: {submit}")
     return 0 if ok else 1
+
+
+def warn_missing_weights(config: Config, host: Host, say: Callable[[str], None]) -> None:
+    """Say before the first drop that jobs would fail for want of the default model's weights,
+    looking in the Hugging Face cache the agent will use (the one `models pull` fills from this shell)."""
+    from hotfolder.commands.models import weights_problem
+
+    model = config.model_info(config.model)
+    if model is None:
+        say(f"warning: the default model {config.model!r} is neither in the model table nor a folder of weights; "
+            "jobs that name no model will fail. Set `model` in config.toml (see `hotfolder models list`).")
+        return
+    problem = weights_problem(model, config, cache=Path(host.hf_hub_cache))
+    if problem:
+        say(f"warning: {problem} Until then every job that names no other model fails.")
 
 
 def await_start(config: Config, host: Host, say: Callable[[str], None]) -> bool:
@@ -150,7 +175,7 @@ def uninstall(host: Host, *, say: Callable[[str], None] = print) -> int:
         removed = launchd.remove(host)
         remove_quick_action(host, say=say)
     elif host.platform.startswith("linux"):
-        removed = systemd.remove(host)
+        removed = systemd.remove(host, say)
     else:
         raise UsageError(f"agent: {host.platform} has no supported service manager.")
     say("agent removed; your hot folder, its results and the logs are left as they are" if removed

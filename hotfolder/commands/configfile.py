@@ -165,12 +165,23 @@ def init(config_file: Path | None, *, root: Path | None = None, force: bool = Fa
     return 0
 
 
-def show_path(config_file: Path | None) -> int:
+def show_path(config_file: Path | None, root: Path | None = None) -> int:
+    """The config file's path (first line), then the root in use and where that came from."""
     path = (config_file or default_config_file()).expanduser()
     print(path)
     if not path.exists():
         print("(it does not exist yet: `hotfolder config init` writes a documented one)", file=sys.stderr)
+    try:
+        config = load_config(config_file, root=root)
+        came = config.origins.get("root", f"the default on {_system()}")
+        print(f"root: {config.root} ({came})")
+    except UsageError as e:  # a broken file: the path is still worth knowing
+        print(f"root: unknown, the config file cannot be read ({e})", file=sys.stderr)
     return 0
+
+
+def _system() -> str:
+    return {"darwin": "macOS", "linux": "Linux"}.get(sys.platform, sys.platform)
 
 
 def origins(config: Config) -> dict[str, dict[str, Any]]:
@@ -225,7 +236,7 @@ def command(action: str, *, config_file: Path | None, root: Path | None, force: 
     if action == "init":
         return init(config_file, root=root, force=force)
     if action == "path":
-        return show_path(config_file)
+        return show_path(config_file, root)
     config = load_config(config_file, root=root)
     return show(config, as_json=as_json)
 

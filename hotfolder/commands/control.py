@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from hotfolder.config import Config
 from hotfolder.errors import UsageError
 from hotfolder.folders import lock
 from hotfolder.folders.spool import Job, Spool, cancelled_error
-from hotfolder.job.names import free_name
+from hotfolder.job.names import move_to_free_name, split_name
 
 
 def _processing_jobs(config: Config) -> list[Job]:
@@ -57,19 +59,45 @@ def cancel(config: Config, job_ref: str) -> int:
     return 0
 
 
-def retry(config: Config, job_ref: str) -> int:
-    candidates = []
+def _failed_jobs(config: Config) -> list[tuple[Path, dict]]:
+    """Every folder in failed/ with its error.json, oldest first."""
+    found = []
     for err_file in sorted(config.failed.glob("*/error.json")):
-        folder = err_file.parent
         try:
-            err = json.loads(err_file.read_text())
+            found.append((err_file.parent, json.loads(err_file.read_text())))
         except (OSError, ValueError):
             continue
-        if folder.name == job_ref or _matches(job_ref, str(err.get("job_id", "")), str(err.get("source", ""))):
-            candidates.append((folder, err))
+    return found
+
+
+def retry(config: Config, job_ref: str) -> int:
+    candidates = [(folder, err) for folder, err in _failed_jobs(config)
+                  if folder.name == job_ref or _matches(job_ref, str(err.get("job_id", "")), str(err.get("source", "")))]
     if not candidates:
         raise UsageError(f"no failed job {job_ref!r} in {config.failed}.")
     folder, err = candidates[-1]  # the newest, if a file failed several times
+    print(_retry_folder(config, folder, err))
+    return 0
+
+
+def retry_all(config: Config) -> int:
+    """Every job in failed/ back into the inbox; those that cannot go back are named, and the exit is 2."""
+    jobs = _failed_jobs(config)
+    if not jobs:
+        print(f"no failed jobs in {config.failed}")
+        return 0
+    refused = 0
+    for folder, err in jobs:
+        try:
+            print(_retry_folder(config, folder, err))
+        except UsageError as e:
+            refused += 1
+            print(f"hotfolder: {folder.name}: {e}", file=sys.stderr)
+    return 2 if refused else 0
+
+
+def _retry_folder(config: Config, folder: Path, err: dict) -> str:
+    """Move one failed job's original (and its attachments) back into the inbox, never over anything there."""
     source = Path(err["source"])
     original = folder / source.name
     if not os.path.lexists(original):
@@ -79,30 +107,28 @@ def retry(config: Config, job_ref: str) -> int:
         src, dest = folder / Path(rel).name, config.inbox / rel
         if not os.path.lexists(src):
             continue
-        if os.path.lexists(dest):
-            raise UsageError(f"{dest} already exists; move it away first (the job names {rel}).")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(src, dest)
+        try:
+            fsutil.rename_noreplace(src, dest)
+        except FileExistsError:
+            raise UsageError(f"{dest} already exists; move it away first (the job names {rel}).") from None
     dest_dir = config.inbox / source.parent
     dest_dir.mkdir(parents=True, exist_ok=True)
     index = err.get("index")
     if index is not None and original.is_file() and original.suffix.lower() == ".toml":
         # One failed entry of a [[jobs]] batch: retry that entry alone, not the entries already delivered.
         data = _single_entry(original, int(index))
-        target = free_name(dest_dir, f"{source.stem}-{int(index) + 1}.toml")
-        staged = config.inbox / ".incoming" / f".retry-{os.getpid()}-{target.name}"
+        staged = config.inbox / ".incoming" / f".retry-{os.getpid()}-{secrets.token_hex(4)}.toml"
         staged.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_new(staged, data, mode=0o644)
-        os.rename(staged, target)
+        target = move_to_free_name(staged, dest_dir, f"{source.stem}-{int(index) + 1}", ".toml")
         shutil.rmtree(folder)
-        print(f"entry {int(index) + 1} of {source.name} back in the inbox as {target}")
-        return 0
-    target = free_name(dest_dir, source.name)
-    os.rename(original, target)
+        return f"entry {int(index) + 1} of {source.name} back in the inbox as {target}"
+    stem, suffix = split_name(source.name)
+    target = move_to_free_name(original, dest_dir, stem, suffix)
     if index is None:
         shutil.rmtree(folder)
-    print(f"moved {source.name} back to {target}")
-    return 0
+    return f"moved {source.name} back to {target}"
 
 
 def _single_entry(batch: Path, index: int) -> bytes:

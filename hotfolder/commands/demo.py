@@ -3,7 +3,8 @@
 A fresh root under the system temp dir, the example jobs dropped into its inbox,
 the daemon run with `--once` on the built-in `tiny` model (random weights: the
 videos are noise, but every line of the real pipeline, encoder and spool runs).
-The root is kept and the result paths printed.
+The root is kept and the result paths printed; the last line of the output is the
+path of an MP4 alone, so a script can open it.
 """
 
 from __future__ import annotations
@@ -69,4 +70,6 @@ def run_demo() -> int:
     print(f"hotfolder demo: {len(results)} result(s) in {config.outbox}")
     if failures or len(results) < len(dropped):
         return 1
+    # The last line is a video's path alone, for scripts: `open "$(hotfolder demo | tail -n 1)"`.
+    print(results[0])
     return code

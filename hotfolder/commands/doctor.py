@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +30,10 @@ BACKEND_PACKAGES = {
     "mlx": ("mlx", "mlx-video-with-audio"),
 }
 ROOT_MIN_FREE = 5 * GB  # a few results and their staging
+# The doctor answers within a few seconds: the slow probes (the device, which imports torch or mlx, and the
+# service manager) run beside the other checks, and one that has not answered by its deadline is reported so.
+DEVICE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,27 @@ def _access(root: Path) -> None:
 
 
 def _device(backend: str) -> tuple[str, str, str]:
-    """(status, device, why) for a backend; imports torch or mlx, which is what a device check costs."""
+    """(status, device, why) for a backend, asked of a fresh interpreter (importing torch or mlx is what a
+    device check costs: in a child it runs beside the other checks, and a slow one is abandoned)."""
+    import json
+    import subprocess
+
+    probe = "import json, sys; from hotfolder.commands.doctor import device_here; " \
+            "print(json.dumps(device_here(sys.argv[1])))"
+    try:
+        # -P: never import a `hotfolder` that happens to be in the current folder.
+        p = subprocess.run([sys.executable, "-P", "-c", probe, backend], capture_output=True, text=True,
+                           timeout=DEVICE_TIMEOUT_S + 1, stdin=subprocess.DEVNULL)
+        status, device, why = json.loads(p.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return WARN, "?", f"the {backend} device check did not answer within {DEVICE_TIMEOUT_S:g} s"
+    except (ValueError, IndexError, OSError):
+        return FAIL, "none", f"the {backend} device check failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}"
+    return status, device, why
+
+
+def device_here(backend: str) -> tuple[str, str, str]:
+    """(status, device, why) in this process: imports torch or mlx."""
     if backend == "mlx":
         try:
             from hotfolder.backends.mlx import backend as mlx_av
@@ -81,8 +106,13 @@ def _device(backend: str) -> tuple[str, str, str]:
 
 
 def _agent_status(config: Config):
+    from functools import partial
+
     from hotfolder.commands import agent
-    return agent.status(agent.Host.current())
+    from hotfolder.service.host import run_command
+
+    # launchctl/systemctl answer in milliseconds; one that hangs must not hold up the doctor.
+    return agent.status(agent.Host.current(run=partial(run_command, timeout=PROBE_TIMEOUT_S)))
 
 
 @dataclass
@@ -101,6 +131,8 @@ class Probes:
     access: Callable[[Path], None] = _access
     agent: Callable[[Config], object] | None = _agent_status
     home: Path = field(default_factory=Path.home)
+    device_timeout: float = DEVICE_TIMEOUT_S
+    probe_timeout: float = PROBE_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.model_state is None:
@@ -127,7 +159,7 @@ def check_packages(p: Probes) -> Check:
     return Check("packages", OK, shown)
 
 
-def check_backend(config: Config, p: Probes) -> tuple[Check, str]:
+def check_backend(config: Config, p: Probes, device: Bounded | None = None) -> tuple[Check, str]:
     """The backend jobs that say `auto` get for the default model, why, and on which device."""
     from hotfolder.backends import choose
 
@@ -138,8 +170,13 @@ def check_backend(config: Config, p: Probes) -> tuple[Check, str]:
         extra = "pip install -e '.[diffusers]'" if name == "diffusers" else "pip install 'mlx-video-with-audio'"
         return Check("backend", FAIL, f"{name} ({why}), but {', '.join(missing)} not installed",
                      f"{p.python} -m {extra}"), name
-    status, device, device_why = p.device(name)
-    detail = f"{name} ({why}) on {device}: {device_why}"
+    answered, result = device.get() if device is not None else (True, p.device(name))
+    if not answered:
+        return Check("backend", WARN, f"{name} ({why}); the device check did not answer within "
+                     f"{p.device_timeout:g} s", "run `hotfolder doctor` again (the first import of torch or mlx "
+                     "after an install is slow)"), name
+    status, device_name, device_why = result  # type: ignore[misc]
+    detail = f"{name} ({why}) on {device_name}: {device_why}"
     fix = ""
     if status == OK and name == "diffusers" and p.platform == "darwin" and _apple_silicon(p):
         status, fix = WARN, "on Apple Silicon the MLX backend is much faster: install mlx-video-with-audio"
@@ -258,12 +295,17 @@ def check_root(config: Config, p: Probes) -> Check:
     return Check("root", OK, f"{root} is readable and writable")
 
 
-def check_agent(config: Config, p: Probes) -> Check:
+def check_agent(config: Config, p: Probes, probe: Bounded | None = None) -> Check:
     from hotfolder.folders import status as status_file
 
     if p.agent is None:
         return Check("agent", OK, "not checked")
-    st = p.agent(config)
+    answered, st = probe.get() if probe is not None else (True, p.agent(config))
+    if not answered:
+        return Check("agent", WARN, f"the service manager did not answer within {p.probe_timeout:g} s",
+                     "hotfolder agent status (it waits for the answer)")
+    if getattr(st, "unreachable", None):
+        return Check("agent", WARN, st.describe(), "")
     seen = status_file.read(config.root)
     daemon, alive, age = seen.daemon, seen.alive, seen.age_s or 0.0
     beat = f"; daemon heartbeat {age:.0f} s ago (pid {daemon.get('pid')})" if alive else ""
@@ -282,19 +324,49 @@ def check_agent(config: Config, p: Probes) -> Check:
     return Check("agent", WARN, f"{st.describe()}{beat}", "" if alive else "hotfolder agent install")
 
 
+class Bounded:
+    """A slow probe started on its own thread now, its answer collected later by a deadline."""
+
+    def __init__(self, fn: Callable[[], object], timeout: float):
+        import threading
+
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), name="hotfolder-doctor-probe", daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        try:
+            self.result = fn()
+        except Exception as e:  # reported as the check's answer, never a traceback
+            self.error = e
+
+    def get(self) -> tuple[bool, object]:
+        """(answered, result): waits at most until `timeout` after the start."""
+        self.thread.join(max(0.0, self.started + self.timeout - time.monotonic()))
+        if self.thread.is_alive():
+            return False, None
+        if self.error is not None:
+            raise self.error
+        return True, self.result
+
+
 def run_checks(config: Config, probes: Probes | None = None) -> list[Check]:
+    from hotfolder.backends import choose
+
     p = probes or Probes()
-    backend_check, backend = check_backend(config, p)
-    return [
-        check_python(p),
-        check_packages(p),
-        backend_check,
-        *check_weights(config, p),
-        check_ffmpeg(p),
-        *check_disk(config, p, backend),
-        check_root(config, p),
-        check_agent(config, p),
-    ]
+    model = config.model_info(config.model)
+    backend_name, _ = choose.resolve("auto", model, config)
+    needs_device = not [d for d in BACKEND_PACKAGES.get(backend_name, ()) if p.version(d) is None]
+    device = Bounded(lambda: p.device(backend_name), p.device_timeout) if needs_device else None
+    agent = Bounded(lambda: p.agent(config), p.probe_timeout) if p.agent is not None else None
+    checks = [check_python(p), check_packages(p)]
+    backend_check, backend = check_backend(config, p, device)
+    checks += [backend_check, *check_weights(config, p), check_ffmpeg(p), *check_disk(config, p, backend),
+               check_root(config, p), check_agent(config, p, agent)]
+    return checks
 
 
 def report(checks: list[Check]) -> str:

@@ -88,6 +88,37 @@ def model_state(model: ModelInfo, backend: str, cache: Path | None = None) -> Mo
     return ModelState(model, backend, repos)
 
 
+def weights_problem(model: ModelInfo, config: Config, backend: str | None = None,
+                    cache: Path | None = None) -> str | None:
+    """Why the daemon could not serve `model` on this machine for want of weights (None when it can).
+
+    Tiny models are built in code and a local folder of weights serves itself while it exists;
+    every other model needs its weights, for the backend that will run it, in the Hugging Face
+    cache. Read from the cache folder only: offline and instant.
+    """
+    if model.tiny:
+        return None
+    if model.local_path:
+        folder = Path(model.local_path).expanduser()
+        return None if folder.is_dir() else f"the weights folder {folder} of model {model.name} does not exist."
+    backend = backend or backend_for(model, config)
+    if backend not in ("diffusers", "mlx"):
+        return None  # a backend of another kind: its weights are not Hugging Face repositories we know
+    state = model_state(model, backend, cache)
+    if state.present:
+        return None
+    where = cache or weights.hub_cache()
+    size = f" (about {model.size_gb:.0f} GB)" if model.size_gb else ""
+    if not state.repos:
+        return f"model {model.name} has no weights for the {backend} backend; choose another model or backend."
+    if state.status == "partial":
+        return (f"the weights of model {model.name} are incomplete on this machine ({gb(state.bytes)} in {where}: "
+                f"{state.problem}). Finish the download first: hotfolder models pull {model.name}{size}; "
+                "it resumes.")
+    return (f"the weights of model {model.name} are not on this machine (looked in {where}). "
+            f"Download them first: hotfolder models pull {model.name}{size}.")
+
+
 def free_bytes(path: Path) -> int:
     """Free space on the disk that holds `path` (or would: its nearest existing parent)."""
     path = Path(path).absolute()

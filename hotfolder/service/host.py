@@ -31,7 +31,9 @@ THROTTLE_INTERVAL_S = 10
 EXIT_TIMEOUT_S = math.ceil(STOP_GRACE_S) + 7
 # Agents do not read a shell profile: Homebrew (Apple Silicon, then Intel) and the system.
 BASE_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
-TEMPLATES = Path(__file__).resolve().parents[2] / "launchd"
+# The plist and Quick Action templates: package data (pyproject.toml), so an installed wheel has them.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+RUN_TIMEOUT_S = 60.0
 
 
 # -- running commands ------------------------------------------------------------
@@ -47,14 +49,14 @@ class Completed:
 Runner = Callable[[Sequence[str]], Completed]
 
 
-def run_command(argv: Sequence[str]) -> Completed:
+def run_command(argv: Sequence[str], timeout: float = RUN_TIMEOUT_S) -> Completed:
     """Run an argument list (never a shell); a missing program is exit 127, as a shell would say."""
     try:
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         return Completed(127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
-        return Completed(124, "", f"{' '.join(argv)}: no answer within 60 s")
+        return Completed(124, "", f"{' '.join(argv)}: no answer within {timeout:g} s")
     return Completed(p.returncode, p.stdout, p.stderr)
 
 
@@ -80,9 +82,9 @@ class Host:
     sleep: Callable[[float], None] = time.sleep
 
     @classmethod
-    def current(cls) -> Host:
+    def current(cls, run: Runner = run_command) -> Host:
         return cls(home=Path.home(), uid=os.getuid(), platform=sys.platform,
-                   python=Path(os.path.abspath(sys.executable)), env=dict(os.environ))
+                   python=Path(os.path.abspath(sys.executable)), run=run, env=dict(os.environ))
 
     # macOS
     @property
@@ -111,10 +113,31 @@ class Host:
         base = Path(self.env["XDG_CONFIG_HOME"]) if self.env.get("XDG_CONFIG_HOME") else self.home / ".config"
         return base / "systemd" / "user" / UNIT_NAME
 
+    # The Hugging Face cache, resolved from this shell's environment exactly as huggingface_hub does
+    # (`weights.hub_cache`), so the agent looks where `hotfolder models pull` put the weights.
+    def _path(self, value: str) -> str:
+        if value == "~" or value.startswith("~/"):
+            value = str(self.home) + value[1:]
+        return os.path.expandvars(value)
+
     @property
     def hf_home(self) -> str:
-        """What the agent's HF_HOME will be: the one set now, else huggingface_hub's default."""
-        return self.env.get("HF_HOME") or str(self.home / ".cache" / "huggingface")
+        """HF_HOME for the agent: the one set now, else `$XDG_CACHE_HOME/huggingface`, else ~/.cache/huggingface."""
+        if self.env.get("HF_HOME"):
+            return self._path(self.env["HF_HOME"])
+        cache = self._path(self.env["XDG_CACHE_HOME"]) if self.env.get("XDG_CACHE_HOME") else str(self.home / ".cache")
+        return os.path.join(cache, "huggingface")
+
+    @property
+    def hf_hub_cache(self) -> str:
+        """HF_HUB_CACHE for the agent: the one set now (or the legacy HUGGINGFACE_HUB_CACHE), else HF_HOME/hub."""
+        given = self.env.get("HF_HUB_CACHE") or self.env.get("HUGGINGFACE_HUB_CACHE")
+        return self._path(given) if given else os.path.join(self.hf_home, "hub")
+
+    @property
+    def hf_env(self) -> dict[str, str]:
+        """The Hugging Face variables the agent runs with: the cache this shell uses, and never the network."""
+        return {"HF_HOME": self.hf_home, "HF_HUB_CACHE": self.hf_hub_cache, "HF_HUB_OFFLINE": "1"}
 
     @property
     def search_path(self) -> str:
@@ -180,11 +203,11 @@ def _template(name: str) -> Any:
         return plistlib.loads(path.read_bytes())
     except FileNotFoundError:
         raise HotfolderError(
-            f"template {path} is missing: hotfolder's agent templates live in the `launchd/` folder of its "
-            "checkout. Install hotfolder from a checkout (`pip install -e .`, as `make` does)."
+            f"template {path} is missing: this hotfolder installation is incomplete (the templates are package "
+            "data in hotfolder/service/templates/). Reinstall it: pip install --force-reinstall hotfolder"
         ) from None
 
 
 def template(name: str, values: Mapping[str, str]) -> Any:
-    """A plist template from launchd/, loaded, with its @NAME@ placeholders filled."""
+    """A plist template from hotfolder/service/templates/, loaded, with its @NAME@ placeholders filled."""
     return _fill(_template(name), values)

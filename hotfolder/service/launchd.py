@@ -21,7 +21,7 @@ from hotfolder.service.host import (
 
 # -- the plist ----------------------------------------------------------------------
 def render_plist(config: Config, host: Host, *, config_file: Path | None = None) -> bytes:
-    """The LaunchAgent plist (XML) for this root, from launchd/com.hotfolder.daemon.plist."""
+    """The LaunchAgent plist (XML) for this root, from templates/com.hotfolder.daemon.plist."""
     data = template(
         f"{LABEL}.plist",
         {
@@ -30,6 +30,7 @@ def render_plist(config: Config, host: Host, *, config_file: Path | None = None)
             "@ROOT@": str(config.root),
             "@PATH@": host.search_path,
             "@HF_HOME@": host.hf_home,
+            "@HF_HUB_CACHE@": host.hf_hub_cache,
             "@LOG_DIR@": str(host.mac_log_dir),
         },
     )

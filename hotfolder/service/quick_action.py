@@ -24,8 +24,9 @@ BUNDLE_ID = "com.hotfolder.quick-action"
 def quick_action_command(config: Config, host: Host, config_file: Path | None = None) -> str:
     """The Run Shell Script body (POSIX sh): the selected files arrive only as "$@", never in the script text.
 
-    A prompt or job file becomes a job as it is. An image asks (a dialog) for the prompt of a video that
-    starts from it, and goes in as `--image`: "Make video from this prompt / with this image".
+    A prompt or job file (or a job folder) becomes a job as it is. An image asks (a dialog) for the prompt
+    of a video that starts from it, and goes in as `--image`: "Make video from this prompt / with this image".
+    The typed prompt goes in as `--prompt=TEXT`: text, never a path or an option, whatever it begins with.
     """
     args = [str(host.python), "-m", "hotfolder", "submit", "--root", str(config.root)]
     if config_file is not None:
@@ -43,7 +44,7 @@ def quick_action_command(config: Config, host: Host, config_file: Path | None = 
         "    *.png|*.jpg|*.jpeg|*.webp)\n"
         f'      prompt=$({ask} "$name") || continue\n'
         '      [ -n "$prompt" ] || continue\n'
-        '      submit "$prompt" --image "$f" --name "${name%.*}" || status=1 ;;\n'
+        '      submit --image "$f" --name="${name%.*}" --prompt="$prompt" || status=1 ;;\n'
         '    *) submit "$f" || status=1 ;;\n'
         "  esac\n"
         "done\n"

@@ -26,7 +26,7 @@ def _systemd_quote(text: str) -> str:
 def render_unit(config: Config, host: Host, *, config_file: Path | None = None) -> str:
     """The systemd user unit: the same behaviour as the LaunchAgent."""
     exec_start = " ".join(_systemd_quote(a) for a in program_arguments(config, host, config_file))
-    env = {"PATH": host.search_path, "HF_HOME": host.hf_home, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {"PATH": host.search_path, **host.hf_env, "PYTHONUNBUFFERED": "1"}
     environment = " ".join(_systemd_quote(f"{k}={v}") for k, v in env.items())
     return f"""\
 # Written by `hotfolder agent install`; `hotfolder agent uninstall` removes it.
@@ -69,6 +69,24 @@ def main_pid(info: dict[str, str]) -> int | None:
     return int(pid) if pid.isdigit() and pid != "0" else None
 
 
+# What systemctl says when this login has no user manager to talk to: ssh without a login session,
+# `su`, a container, cron. Nothing about the unit is wrong then; the session is.
+_NO_BUS = ("failed to connect to bus", "no medium found", "$dbus_session_bus_address", "$xdg_runtime_dir",
+           "failed to connect to user scope bus")
+LINGER_HINT = ("systemd user services need a user session: log in to a desktop or over ssh with a login session; "
+               "`loginctl enable-linger` keeps a user manager running without one (and after logout).")
+
+
+def unreachable(p: Completed) -> str | None:
+    """Why `systemctl --user` could not talk to a user manager at all (None when it could)."""
+    if p.returncode == 127:
+        return "systemctl is not installed here (no systemd)"
+    text = (p.stderr or p.stdout).strip()
+    if p.returncode != 0 and any(marker in text.lower() for marker in _NO_BUS):
+        return f"there is no systemd user manager for this login (no user bus: {text.splitlines()[0]})"
+    return None
+
+
 # -- enable, restart, remove --------------------------------------------------------------
 def install(config: Config, host: Host, config_file: Path | None, say: Callable[[str], None]) -> None:
     """Write the unit and enable it; an unchanged, running unit is left alone, a changed one restarted."""
@@ -80,8 +98,7 @@ def install(config: Config, host: Host, config_file: Path | None, say: Callable[
         say(f"already installed and running (pid {main_pid(before)}): {host.unit_path}")
         return
     for argv in (["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT_NAME]):
-        check(host.run(argv), argv, "installing the user unit",
-              "systemd user services need a login session (`loginctl enable-linger` keeps them after logout).")
+        check(host.run(argv), argv, "installing the user unit", LINGER_HINT)
     if changed and running:
         argv = ["systemctl", "--user", "restart", UNIT_NAME]
         check(host.run(argv), argv, "restarting the changed unit")
@@ -93,12 +110,23 @@ def restart(host: Host) -> None:
     check(host.run(argv), argv, "restarting the agent", "Is it installed? hotfolder agent install")
 
 
-def remove(host: Host) -> bool:
-    """Disable and stop the unit and delete its file; whether there was anything to remove."""
+def remove(host: Host, say: Callable[[str], None] = print) -> bool:
+    """Disable and stop the unit and delete its file; whether there was anything to remove.
+
+    The file goes even when no user manager can be reached (no user session): a manager
+    that starts later then finds nothing to run, which is what uninstall asked for.
+    """
     if not host.unit_path.exists():
         return False
     argv = ["systemctl", "--user", "disable", "--now", UNIT_NAME]
-    check(host.run(argv), argv, "stopping the user unit")
+    p = host.run(argv)
+    why = unreachable(p)
+    if why is None:
+        check(p, argv, "stopping the user unit")
     host.unit_path.unlink()
-    host.run(["systemctl", "--user", "daemon-reload"])
+    if why is None:
+        host.run(["systemctl", "--user", "daemon-reload"])
+    else:
+        say(f"removed {host.unit_path}, but could not tell systemd: {why}. A daemon it started earlier "
+            "stops at your next logout (or: systemctl --user stop hotfolder.service from a login session).")
     return True
