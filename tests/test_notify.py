@@ -1,4 +1,5 @@
-"""Notifications: argument lists only (never a shell or AppleScript built from job text), and never an error."""
+"""Notifications: argument lists only (never a shell or AppleScript built from job text), never an error,
+never blocking, and a click opens the video (or error.txt)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from hotfolder.service import notify
 from hotfolder.config import Config
+from hotfolder.service import notify
 
 NASTY = 'fox" & do shell script "touch /tmp/pwned" & "<b>$(rm -rf ~)</b>'
 
@@ -20,9 +24,12 @@ def _which(found: dict[str, str]):
     return lambda name: found.get(name)
 
 
+# --- the command lines ------------------------------------------------------------------------
+
+
 def test_macos_passes_title_and_text_as_osascript_arguments_not_as_script() -> None:
     which = _which({"osascript": "/usr/bin/osascript"})
-    argv = notify.command("Video ready: fox", NASTY, platform="darwin", which=which)
+    argv = notify.command("Video ready: fox", NASTY, open_path="/r/fox.mp4", platform="darwin", which=which)
     assert argv is not None
     assert argv[0] == "/usr/bin/osascript"
     script = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
@@ -30,11 +37,25 @@ def test_macos_passes_title_and_text_as_osascript_arguments_not_as_script() -> N
     assert argv[-2:] == ["Video ready: fox", NASTY]
 
 
-def test_linux_uses_notify_send_with_markup_escaped() -> None:
+def test_macos_with_terminal_notifier_opens_the_video_on_click() -> None:
+    which = _which({"terminal-notifier": "/opt/homebrew/bin/terminal-notifier", "osascript": "/usr/bin/osascript"})
+    argv = notify.command("Video ready: fox", NASTY, open_path="/Users/a/Movies/Hotfolder/outbox/x 1/fox.mp4",
+                          platform="darwin", which=which)
+    assert argv == ["/opt/homebrew/bin/terminal-notifier", "-title", "Video ready: fox", "-message", NASTY,
+                    "-open", "file:///Users/a/Movies/Hotfolder/outbox/x%201/fox.mp4"]
+    # A message that looks like an option stays a message.
+    odd = notify.command("t", "-execute rm", platform="darwin", which=which)
+    assert odd[odd.index("-message") + 1].endswith("-execute rm") and not odd[odd.index("-message") + 1].startswith("-")
+    assert "-open" not in notify.command("t", "b", platform="darwin", which=which)
+
+
+def test_linux_uses_notify_send_with_markup_escaped_and_an_open_action() -> None:
     which = _which({"notify-send": "/usr/bin/notify-send"})
-    argv = notify.command("Video failed: fox", "a <b> & c", platform="linux", which=which)
-    assert argv == ["/usr/bin/notify-send", "--app-name=hotfolder", "--icon=video-x-generic", "--",
-                    "Video failed: fox", "a &lt;b&gt; &amp; c"]
+    argv = notify.command("Video failed: fox", "a <b> & c", open_path="/r/failed/x/error.txt", platform="linux",
+                          which=which)
+    assert argv == ["/usr/bin/notify-send", "--app-name=hotfolder", "--icon=video-x-generic",
+                    "--action=default=Open", "--action=open=Open", "--", "Video failed: fox", "a &lt;b&gt; &amp; c"]
+    assert notify.command("t", "b", platform="linux", which=which)[3] == "--"  # nothing to open: no action
 
 
 def test_nothing_happens_where_there_is_no_notifier() -> None:
@@ -43,19 +64,89 @@ def test_nothing_happens_where_there_is_no_notifier() -> None:
     assert notify.command("t", "b", platform="win32", which=_which({})) is None
 
 
+# --- clicks, threads, limits ------------------------------------------------------------------
+
+
+LINUX = {"platform": "linux", "which": _which({"notify-send": "/usr/bin/notify-send"})}
+
+
+@pytest.mark.parametrize("printed, opens", [("default\n", True), ("open\n", True), ("", False), (None, False),
+                                            ("something else\n", False)])
+def test_a_click_opens_the_file_and_nothing_else_does(printed: str | None, opens: bool) -> None:
+    opened: list[str] = []
+    notify.send("Video ready: fox", "/r/fox.mp4", open_path="/r/fox.mp4", sender=lambda argv: printed,
+                opener=opened.append, wait=True, **LINUX)
+    assert opened == (["/r/fox.mp4"] if opens else [])
+
+
+def test_sending_never_blocks_the_caller_even_when_nobody_clicks() -> None:
+    release = threading.Event()
+    opened: list[str] = []
+
+    def sender(argv):  # a notify-send waiting for a click that comes late
+        release.wait(10)
+        return "default\n"
+
+    t0 = time.monotonic()
+    argv = notify.send("t", "b", open_path="/r/fox.mp4", sender=sender, opener=opened.append, **LINUX)
+    assert time.monotonic() - t0 < 0.5 and notify.waits_for_click(argv)
+    release.set()
+    deadline = time.monotonic() + 5
+    while not opened and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert opened == ["/r/fox.mp4"]
+
+
+def test_only_a_few_notifications_wait_for_a_click_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notify, "_waiting", threading.BoundedSemaphore(1))
+    release = threading.Event()
+    first = notify.send("t", "1", open_path="/r/1.mp4", sender=lambda argv: release.wait(10) and "", **LINUX)
+    second = notify.send("t", "2", open_path="/r/2.mp4", sender=lambda argv: "", **LINUX)
+    assert notify.waits_for_click(first) and not notify.waits_for_click(second)
+    release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not notify._waiting.acquire(blocking=False):
+        time.sleep(0.01)  # the first one's slot comes back once it ends
+    notify._waiting.release()
+
+
+def test_an_old_notify_send_without_actions_is_run_again_without_them(tmp_path: Path) -> None:
+    record = tmp_path / "calls.jsonl"
+    fake = tmp_path / "notify-send"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    "if any(a.startswith('--action') for a in sys.argv):\n"
+                    "    print('Unknown option --action=default=Open', file=sys.stderr); sys.exit(1)\n")
+    fake.chmod(0o755)
+    argv = notify.command("t", "b", open_path="/r/fox.mp4", platform="linux", which=_which({"notify-send": str(fake)}))
+    assert notify._run(argv) == ""
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(calls) == 2 and notify.waits_for_click(calls[0]) and not notify.waits_for_click(calls[1])
+
+
+def test_opening_uses_xdg_open_or_open_with_the_path_as_one_argument(tmp_path: Path) -> None:
+    record = tmp_path / "opened"
+    fake = tmp_path / "xdg-open"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nopen({str(record)!r}, 'w').write(repr(sys.argv[1:]))\n")
+    fake.chmod(0o755)
+    path = str(tmp_path / "a $(b) & c.mp4")
+    assert notify._open(path, platform="linux", which=_which({"xdg-open": str(fake)})) is True
+    assert record.read_text() == repr([path])
+    assert notify._open(path, platform="linux", which=_which({})) is False
+
+
 def test_job_finished_is_on_by_default_and_off_in_config(tmp_path: Path) -> None:
     sent: list[list[str]] = []
-    which = _which({"notify-send": "/usr/bin/notify-send"})
     on = Config(root=tmp_path)
     assert on.notifications is True
     argv = notify.job_finished(on, name="fox", path="/r/outbox/x/fox.mp4", ok=True, sender=sent.append,
-                               platform="linux", which=which, wait=True)
+                               wait=True, **LINUX)
     assert sent == [argv] and argv[-2:] == ["Video ready: fox", "/r/outbox/x/fox.mp4"]
+    assert notify.waits_for_click(argv)
 
     sent.clear()
     off = Config(root=tmp_path, notifications=False)
-    assert notify.job_finished(off, name="fox", path="p", ok=True, sender=sent.append, platform="linux",
-                               which=which, wait=True) is None
+    assert notify.job_finished(off, name="fox", path="p", ok=True, sender=sent.append, wait=True, **LINUX) is None
     assert sent == []
 
 
@@ -71,48 +162,167 @@ def test_a_broken_or_hanging_notifier_never_raises(tmp_path: Path) -> None:
     long = notify.command("t", "x" * 1000, platform="linux", which=_which({"notify-send": "n"}))
     assert len(long[-1]) == notify.MAX_BODY
 
+    def explode(argv):
+        raise RuntimeError("boom")
+
+    assert notify.send("t", "b", open_path="/r/x.mp4", sender=explode, wait=True, **LINUX) is not None
+
+
+# --- the real notify-send ---------------------------------------------------------------------
+
 
 @pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send is not installed here")
-def test_the_real_notify_send_accepts_the_arguments() -> None:
-    argv = notify.command("hotfolder test", "a <b> & c", platform="linux")
+def test_the_real_notify_send_accepts_the_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")  # fail fast: no server
+    argv = notify.command("hotfolder test", "a <b> & c", open_path="/tmp/x.mp4", platform="linux")
     run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     # Without a notification server it fails, but on the D-Bus connection, never on the arguments.
     assert run.returncode == 0 or "Unknown option" not in run.stderr
 
 
-def test_the_daemon_notifies_when_a_job_is_delivered_and_when_one_fails(tmp_path: Path) -> None:
-    """The real daemon with a fake `notify-send` first on PATH that records its arguments."""
-    import sys
+SERVER = r'''
+import json, sys
+from gi.repository import Gio, GLib
 
+XML = """<node><interface name="org.freedesktop.Notifications">
+<method name="GetCapabilities"><arg direction="out" type="as"/></method>
+<method name="Notify"><arg direction="in" type="s"/><arg direction="in" type="u"/><arg direction="in" type="s"/>
+<arg direction="in" type="s"/><arg direction="in" type="s"/><arg direction="in" type="as"/>
+<arg direction="in" type="a{sv}"/><arg direction="in" type="i"/><arg direction="out" type="u"/></method>
+<method name="CloseNotification"><arg direction="in" type="u"/></method>
+<method name="GetServerInformation"><arg direction="out" type="s"/><arg direction="out" type="s"/>
+<arg direction="out" type="s"/><arg direction="out" type="s"/></method>
+<signal name="NotificationClosed"><arg type="u"/><arg type="u"/></signal>
+<signal name="ActionInvoked"><arg type="u"/><arg type="s"/></signal>
+</interface></node>"""
+record, click = sys.argv[1], sys.argv[2]  # click: the action to "click" on each notification, "" for none
+node = Gio.DBusNodeInfo.new_for_xml(XML)
+loop = GLib.MainLoop()
+count = [0]
+PATH, IFACE = "/org/freedesktop/Notifications", "org.freedesktop.Notifications"
+
+def call(conn, sender, path, iface, method, params, invocation):
+    if method == "GetCapabilities":
+        invocation.return_value(GLib.Variant("(as)", (["actions", "body"],)))
+    elif method == "GetServerInformation":
+        invocation.return_value(GLib.Variant("(ssss)", ("fake", "hotfolder tests", "1", "1.2")))
+    elif method == "Notify":
+        count[0] += 1
+        nid = count[0]
+        app, _, icon, summary, body, actions, hints, timeout = params.unpack()
+        with open(record, "a") as f:
+            f.write(json.dumps({"app": app, "summary": summary, "body": body, "actions": actions}) + "\n")
+        invocation.return_value(GLib.Variant("(u)", (nid,)))
+
+        def later():
+            if click:
+                conn.emit_signal(None, PATH, IFACE, "ActionInvoked", GLib.Variant("(us)", (nid, click)))
+            conn.emit_signal(None, PATH, IFACE, "NotificationClosed", GLib.Variant("(uu)", (nid, 2 if click else 1)))
+            return False
+
+        GLib.timeout_add(300, later)
+    else:
+        invocation.return_value(None)
+
+def bus(conn, name):
+    conn.register_object(PATH, node.interfaces[0], call, None, None)
+
+def named(conn, name):
+    open(record + ".ready", "w").close()
+
+Gio.bus_own_name(Gio.BusType.SESSION, IFACE, Gio.BusNameOwnerFlags.NONE, bus, named, lambda *a: loop.quit())
+loop.run()
+'''
+
+
+def _system_python_with_gi() -> str | None:
+    for python in ("/usr/bin/python3", shutil.which("python3")):
+        if python and subprocess.run([python, "-c", "from gi.repository import Gio"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.skipif(shutil.which("notify-send") is None or shutil.which("dbus-daemon") is None
+                    or _system_python_with_gi() is None,
+                    reason="needs notify-send, dbus-daemon and python3-gi (apt-get install libnotify-bin dbus python3-gi)")
+@pytest.mark.parametrize("click", ["default", ""], ids=["clicked", "dismissed"])
+def test_the_real_notify_send_opens_the_video_when_the_notification_is_clicked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, click: str) -> None:
+    """notify-send against a notification server on a private D-Bus that clicks (or dismisses) each notification."""
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
+                            f"--address=unix:path={tmp_path}/bus"], stdout=subprocess.PIPE, text=True)
+    server = None
+    try:
+        address = bus.stdout.readline().strip()
+        assert address.startswith("unix:")
+        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address}
+        record = tmp_path / "notifications.jsonl"
+        (tmp_path / "server.py").write_text(SERVER)
+        server = subprocess.Popen([_system_python_with_gi(), str(tmp_path / "server.py"), str(record), click], env=env)
+        deadline = time.monotonic() + 20
+        while not Path(f"{record}.ready").exists():
+            assert time.monotonic() < deadline and server.poll() is None, "the notification server did not start"
+            time.sleep(0.05)
+        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", address)
+        opened: list[str] = []
+        mp4 = tmp_path / "outbox" / "x" / "fox.mp4"
+        notify.send("Video ready: fox", str(mp4), open_path=mp4, opener=opened.append, platform="linux", wait=True)
+        [shown] = [json.loads(line) for line in record.read_text().splitlines()]
+        assert shown["app"] == "hotfolder" and shown["summary"] == "Video ready: fox" and shown["body"] == str(mp4)
+        assert shown["actions"] == ["default", "Open", "open", "Open"]
+        assert opened == ([str(mp4)] if click else [])
+    finally:
+        for proc in (server, bus):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        if bus.stdout:
+            bus.stdout.close()
+
+
+# --- in the daemon ----------------------------------------------------------------------------
+
+
+def test_the_daemon_notifies_and_a_click_opens_the_video_or_the_error(tmp_path: Path) -> None:
+    """The real daemon with a fake `notify-send` (which records its arguments and "clicks") and a fake
+    `xdg-open` (which records what it was asked to open) first on PATH."""
     from conftest import Root, wait_until
 
     if sys.platform == "darwin":
-        pytest.skip("on macOS the daemon uses osascript: this test fakes notify-send")
+        pytest.skip("on macOS the daemon uses terminal-notifier or osascript: this test fakes notify-send")
     root = Root(tmp_path)
     root.write_config(notifications=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    record = tmp_path / "notifications.jsonl"
-    fake = bin_dir / "notify-send"
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
-    fake.chmod(0o755)
+    record, opened = tmp_path / "notifications.jsonl", tmp_path / "opened.jsonl"
+    (bin_dir / "notify-send").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if '--action=default=Open' in sys.argv: print('default')\n")
+    (bin_dir / "xdg-open").write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(opened)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
     daemon = root.start(fake=True, env=root.env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
     try:
         (root.inbox / "fox.toml").write_text('prompt = "A red fox"\nwidth = 64\nheight = 64\nduration = 0.5\n'
                                              'fps = 16\nsteps = 2\n')
         (root.inbox / "bad.toml").write_text('prompt = "x"\nduraton = 3\n')
 
-        def notes() -> list[list[str]]:
-            return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+        def lines(path: Path) -> list[list[str]]:
+            return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-        wait_until(lambda: len(notes()) >= 2, timeout=60, what="two notifications")
+        wait_until(lambda: len(lines(record)) >= 2 and len(lines(opened)) >= 2, timeout=60,
+                   what="two notifications, both clicked")
     finally:
         daemon.terminate()
         daemon.wait(timeout=15)
-    titles = sorted(n[-2] for n in notes())
-    assert titles == ["Video failed: bad", "Video ready: fox"]
-    ready = next(n for n in notes() if n[-2] == "Video ready: fox")
+    notes = lines(record)
+    assert sorted(n[-2] for n in notes) == ["Video failed: bad", "Video ready: fox"]
+    assert all(notify.waits_for_click(n) for n in notes)
+    ready = next(n for n in notes if n[-2] == "Video ready: fox")
     assert ready[-1].endswith("fox.mp4") and Path(ready[-1]).is_file()
-    failed = next(n for n in notes() if n[-2] == "Video failed: bad")
+    failed = next(n for n in notes if n[-2] == "Video failed: bad")
     assert "duraton" in failed[-1] and "error.txt" in failed[-1]
+    targets = sorted(o[0] for o in lines(opened))
+    assert [Path(t).name for t in targets] == ["error.txt", "fox.mp4"] and all(Path(t).is_file() for t in targets)
