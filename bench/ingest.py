@@ -33,6 +33,11 @@ JOB = ('prompt = "job {n}"\nwidth = 64\nheight = 64\nduration = 0.05\nfps = 8\ns
        "[output]\ngif = false\nthumbnail = false\n")
 
 
+
+def _results(outbox: Path) -> list[Path]:
+    """The result folders (the outbox also holds the gallery's index.html and its status script)."""
+    return [p for p in outbox.iterdir() if p.is_dir()]
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -89,9 +94,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 (inbox / f".s{n}.tmp").write_text(JOB.format(n=n))
                 os.rename(inbox / f".s{n}.tmp", inbox / f"s{n}.toml")
-                wait_for(lambda: len(list(outbox.iterdir())) == n + 1, 60, "a single job")
+                wait_for(lambda: len(_results(outbox)) == n + 1, 60, "a single job")
                 drop_to_outbox.append(time.perf_counter() - t0)
-            for result in outbox.iterdir():
+            for result in _results(outbox):
                 meta = json.loads(next(result.glob("*.json")).read_text())
                 per_job.append(meta["timings"]["total_s"] + meta["timings"]["wait_s"])
 
@@ -105,7 +110,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for p in staging.iterdir():
                 os.rename(p, inbox / p.name)
-            wait_for(lambda: len(os.listdir(outbox)) == args.jobs, 3600, "the burst to drain")
+            wait_for(lambda: len(_results(outbox)) == args.jobs, 3600, "the burst to drain")
             drain = time.perf_counter() - t0
 
             # 3. Idle: nothing to do for idle-seconds.

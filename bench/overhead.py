@@ -110,13 +110,13 @@ def main() -> None:
                     raise SystemExit("the daemon did not start")
                 time.sleep(0.05)
             for n, p in enumerate(jobs):
-                before = set((root / "outbox").iterdir())
+                before = {p for p in (root / "outbox").iterdir() if p.is_dir()}
                 tmpname = root / "inbox" / f".{p.name}.tmp"
                 shutil.copy(p, tmpname)
                 t0 = time.perf_counter()
                 os.rename(tmpname, root / "inbox" / p.name)
                 while True:
-                    new = set((root / "outbox").iterdir()) - before
+                    new = {p for p in (root / "outbox").iterdir() if p.is_dir()} - before
                     if new:
                         break
                     if time.perf_counter() - t0 > 600:

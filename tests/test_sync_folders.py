@@ -210,7 +210,7 @@ def test_a_sync_client_watching_the_outbox_only_ever_sees_complete_results(root:
         (root.inbox / "lake.toml").write_bytes(_job("A lake") .replace(b"steps = 2", b"steps = 20"))
 
         def look() -> bool:  # what a sync client's scanner sees each time it looks
-            for folder in root.outbox.iterdir():
+            for folder in root.results():
                 seen.append({str(p.relative_to(root.outbox)): p.stat().st_size for p in folder.rglob("*")})
             return bool(root.results()) and len(seen) > 20
 
