@@ -243,6 +243,52 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: Path, folders: list[Path]) -> None:
+    """Flush `folders` (files, subfolders, entries) to the disk: Linux's syncfs flushes the whole filesystem
+    `path` is on in one call, however many files there are; elsewhere each file and folder is flushed."""
+    if _syncfs(path):
+        return
+    for folder in folders:
+        sync_folder(folder)
+
+
+def _syncfs(path: Path) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if fn(fd) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: Path) -> None:
+    """Flush a folder's files (and folders within, and their entries) to the disk; what vanished is skipped."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue  # gone, or a link: nothing of ours to flush
+            try:
+                os.fsync(fd)  # the data; the folders' F_FULLFSYNC (macOS) after it flushes the drive's cache
+            finally:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            fsync_path(Path(dirpath))
+
+
 def fsync(fd: int) -> None:
     """Flush a file to the disk itself: F_FULLFSYNC on macOS, fsync elsewhere."""
     full = getattr(fcntl, "F_FULLFSYNC", None) if fcntl else None

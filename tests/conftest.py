@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,6 +19,34 @@ if TYPE_CHECKING:
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")  # .ci/run exports CI=true
+
+
+def needs(ok: object, what: str) -> None:
+    """Skip a test whose tool or service is missing here, but fail it in CI, where `.ci/run` installs everything:
+    a check CI always skips proves nothing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must run this test, but {what}: .ci/run installs it, so the CI machine is broken",
+                    pytrace=False)
+    pytest.skip(what)
+
+
+def needs_tool(name: str | tuple[str, ...], install_hint: str) -> str:
+    """The path of `name` (or the first of several alternatives) on PATH; skips locally and fails in CI without it."""
+    names = (name,) if isinstance(name, str) else name
+    found = next((path for path in map(shutil.which, names) if path), None)
+    needs(found, f"{' or '.join(names)} is not installed here ({install_hint})")
+    return found  # type: ignore[return-value]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("unprivileged") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root ignores file modes: run as an unprivileged user (CI does: .ci/run runs "
+                    "`pytest -m unprivileged` through runuser -u hotfolder-ci)")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
-import shutil
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pytest
 
-from conftest import Root, wait_until
+from conftest import Root, needs_tool, wait_until
 from hotfolder.commands import agent
 from hotfolder.service.host import EXIT_TIMEOUT_S, LABEL, TEMPLATES, Completed, Host, interpreter
 from hotfolder.service.launchd import render_plist
@@ -388,13 +388,15 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     assert f"-m hotfolder submit --root {config.root} --config {config_file}" in params["COMMAND_STRING"]
     assert [PBS, "-flush"] in launchd.calls
 
-    # The script itself, run by a POSIX shell with awkward file names as "$@": each becomes a job.
+    # The script itself, run by the shell the workflow names (zsh, on a Mac; a POSIX sh where there is none)
+    # with awkward file names as "$@": each becomes a job.
+    shell = params["shell"] if Path(params["shell"]).is_file() else "/bin/sh"
     prompts = tmp_path / "picked"
     prompts.mkdir()
     names = ["fox in snow.txt", "it's $HOME; `rm -rf x`.txt"]
     for name in names:
         (prompts / name).write_text("A red fox in fresh snow, slow motion\n")
-    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", *(str(prompts / n) for n in names)],
+    run = subprocess.run([shell, "-c", params["COMMAND_STRING"], "automator", *(str(prompts / n) for n in names)],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path / "home")})
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in config.inbox.iterdir() if p.is_file()) == sorted(names)
@@ -409,7 +411,7 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
     fake_bin.mkdir()
     (fake_bin / "osascript").write_text('#!/bin/sh\necho "Boats rocking gently in the harbour"\n')
     (fake_bin / "osascript").chmod(0o755)
-    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", str(image)],
+    run = subprocess.run([shell, "-c", params["COMMAND_STRING"], "automator", str(image)],
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
     assert run.returncode == 0, run.stderr
@@ -420,7 +422,7 @@ def test_the_quick_action_bundle_is_valid_and_runs_submit_with_the_selected_file
 
     # A typed prompt is text, whatever it begins with: a dash is not an option, a slash not a path.
     (fake_bin / "osascript").write_text('#!/bin/sh\necho "--narrate"\n')  # typed text that is a flag's name
-    run = subprocess.run(["/bin/sh", "-c", params["COMMAND_STRING"], "automator", str(image)],
+    run = subprocess.run([shell, "-c", params["COMMAND_STRING"], "automator", str(image)],
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
     assert run.returncode == 0, run.stderr
@@ -497,9 +499,7 @@ def test_the_systemd_unit_has_the_agents_behaviour_and_quotes_awkward_paths(tmp_
 
 
 def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        pytest.skip("systemd-analyze is not installed here (apt-get install systemd); only this check needs it")
+    exe = needs_tool("systemd-analyze", "apt-get install systemd; only this check needs it")
     root = tmp_path / "My Videos" / "Hot folder"
     root.mkdir(parents=True)
     unit = tmp_path / "hotfolder.service"
@@ -594,12 +594,55 @@ def test_the_shortcuts_script_returns_the_mp4_path_and_fails_with_the_error(root
         daemon.wait(timeout=15)
 
 
-def test_the_folder_action_script_submits_each_file_with_quoted_arguments() -> None:
+def _applescript_shell_command(script: str, values: dict[str, str]) -> str:
+    """What the script's `do shell script` would hand to /bin/sh, evaluated as AppleScript does it: string
+    literals, `&` joins, `quoted form of NAME` (single quotes, a ' written as '\\''), and a bare NAME as its raw
+    value (which is what an unquoted value would give: the test then sees the shell parse it)."""
+    text = script[script.index("do shell script") + len("do shell script"):]
+    expression = []
+    for line in text.splitlines():
+        expression.append(line.rstrip().rstrip("\u00ac"))
+        if not line.rstrip().endswith("\u00ac"):  # a line ending in the continuation sign goes on
+            break
+    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|\(quoted form of \w+\)|\w+|&', " ".join(expression))
+    out = []
+    for token in tokens:
+        if token == "&":
+            continue
+        if token.startswith('"'):
+            out.append(token[1:-1].replace('\\"', '"').replace("\\\\", "\\"))
+        elif token.startswith("(quoted form of"):
+            value = values[token[len("(quoted form of "):-1]]
+            out.append("'" + value.replace("'", "'\\''") + "'")
+        else:
+            out.append(values[token])
+    return "".join(out)
+
+
+def test_the_folder_action_script_submits_each_file_with_quoted_arguments(tmp_path: Path) -> None:
+    """The Folder Action's shell command, rendered as AppleScript would render it for an awkward file name, run by
+    /bin/sh (what `do shell script` uses) with the real hotfolder: the file lands in the inbox, nothing else runs."""
     script = (EXAMPLES / "folder-action" / "hotfolder-submit.applescript").read_text()
     assert "on adding folder items to thisFolder after receiving addedItems" in script
-    command = script[script.index("do shell script"):script.index("tell application")]
-    for value in ("hotfolderPython", "hotfolderRoot", "itemPath"):
-        assert command.count(value) == 1 and f"(quoted form of {value})" in command, value
+    assert set(re.findall(r'itemPath ends with "([^"]+)"', script)) == {".txt", ".toml"}  # only job files
+    root = tmp_path / "Hotfolder"
+    home = tmp_path / "home"
+    (home / ".config" / "hotfolder").mkdir(parents=True)
+    (home / ".config" / "hotfolder" / "config.toml").write_text('model = "tiny"\n')  # no weights to check
+    dropped = tmp_path / "Drop Folder"
+    dropped.mkdir()
+    pwned = tmp_path / "pwned"  # what the name's commands would create, run in tmp_path
+    item = dropped / "it's $(touch pwned) `touch pwned`; \"fox\" & a\\b.txt"
+    item.write_text("A red fox in fresh snow\n")
+    command = _applescript_shell_command(script, {"hotfolderPython": str(PYTHON), "hotfolderRoot": str(root),
+                                                  "itemPath": str(item)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOTFOLDER_", "XDG_"))}
+    run = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**env, "HOME": str(home), "HF_HOME": str(tmp_path / "hf")})
+    assert run.returncode == 0, (command, run.stderr)
+    assert [p.name for p in (root / "inbox").iterdir() if p.is_file()] == [item.name]
+    assert (root / "inbox" / item.name).read_text() == item.read_text()
+    assert not pwned.exists()  # no part of the name was run
 
 
 # -- Linux without a user session (ssh, su, a container): no user bus ---------------------------------------
@@ -640,8 +683,7 @@ def test_without_a_user_bus_uninstall_still_removes_the_unit_file(tmp_path: Path
 
 def test_the_real_systemctl_without_a_user_bus_is_reported_not_raised(tmp_path: Path) -> None:
     """This machine's own systemctl, with the user bus variables pointing nowhere."""
-    if shutil.which("systemctl") is None:
-        pytest.skip("no systemctl here")
+    needs_tool("systemctl", "apt-get install systemd")
     from hotfolder.service.host import run_command
 
     env = {"XDG_RUNTIME_DIR": str(tmp_path / "no-runtime"), "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/none"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import Root, wait_until
+from conftest import Root, needs_tool, wait_until
 from hotfolder import media
 from hotfolder.job import attachments
 from hotfolder.media import narration
@@ -27,7 +27,8 @@ from hotfolder.job.spec import parse
 FPS = 16
 SMALL = f"width = 64\nheight = 64\nduration = 0.5\nfps = {FPS}\nsteps = 2\n"  # 9 frames: 0.5625 s
 CLIP_S = 9 / FPS
-HAS_SPEECH = bool(shutil.which("say") or shutil.which("espeak-ng") or shutil.which("espeak"))
+SPEECH = ("say", "espeak-ng", "espeak")
+SPEECH_HINT = "apt-get install espeak-ng, or brew install espeak-ng; CI installs it"
 
 
 # --- media made by the tests ---------------------------------------------------------
@@ -228,8 +229,8 @@ def test_the_image_changes_the_cache_key_and_a_voice_over_is_applied_to_a_cache_
 # --- narration ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not HAS_SPEECH, reason="no say, espeak-ng or espeak on this machine (CI installs espeak-ng)")
 def test_narration_alone_and_over_the_generated_sound(root: Root) -> None:
+    needs_tool(SPEECH, SPEECH_HINT)  # (the ducking itself is measured in test_promises.py)
     job_folder(root, "alone", f'prompt = "A lighthouse"\n{SMALL}[audio]\ngenerate = false\n'
                               'tts = "--help; rm -rf / $(reboot) \\"quoted\\""\n')
     job_folder(root, "over", f'prompt = "A lighthouse in a storm"\n{SMALL}[audio]\ntts = true\n')
@@ -246,8 +247,8 @@ def test_narration_alone_and_over_the_generated_sound(root: Root) -> None:
     assert "ducked" in results["over"][1]["attachments"][0]["fitted"]
 
 
-@pytest.mark.skipif(not HAS_SPEECH, reason="no say, espeak-ng or espeak on this machine")
 def test_synthesize_reads_the_text_from_a_file_never_a_shell(tmp_path: Path) -> None:
+    needs_tool(SPEECH, SPEECH_HINT)
     out = narration.synthesize("-v nonsense; echo pwned > x", tmp_path)
     info = media.probe(out)
     assert info.audio is not None and info.audio.duration > 0.3

@@ -24,6 +24,7 @@ from hotfolder.cache import (
     CacheEntry,
     ResultCache,
     cache_key,
+    derived_name,
     file_sha256,
     model_identity,
     reads_cache,
@@ -244,8 +245,14 @@ def test_put_then_get_delivers_identical_bytes(cache, tmp_path):
     assert got.path == cache.root / k(1)[:2] / k(1)
     dest = tmp_path / "outbox" / "lake.mp4"
     dest.parent.mkdir()
+    probe = dest.parent / "clone-probe"  # what this file system gives: a clone (APFS, Btrfs, XFS) or not
+    can_clone = fsutil.clone(got.video, probe)
+    probe.unlink(missing_ok=True)
     method = cache.deliver(got, dest)
-    assert method in ("clone", "hardlink", "copy")
+    # Not "any method": a clone where the file system clones, else a hard link to the read-only cache file (a copy
+    # only with allow_hardlink=False or across file systems: test_deliver_reports_each_method_...).
+    assert method == ("clone" if can_clone else "hardlink")
+    assert (os.stat(dest).st_ino == os.stat(got.video).st_ino) is (method == "hardlink")
     assert dest.read_bytes() == src.read_bytes()
 
 
@@ -284,7 +291,7 @@ def test_deliver_reports_each_method_and_never_exposes_the_cache(cache, tmp_path
         cache.deliver(entry, copied)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes")
+@pytest.mark.unprivileged  # root ignores file modes: .ci/run runs it as hotfolder-ci
 def test_a_hardlinked_outbox_file_cannot_be_opened_for_writing(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "clone", lambda s, d: False)
     entry = cache.put(k(1), clip(tmp_path), {})
@@ -412,18 +419,21 @@ def test_a_flip_after_verification_is_still_caught(cache, tmp_path):
     assert cache.get(k(1)) is None
 
 
-def test_repeated_hits_do_not_rehash(cache, tmp_path, monkeypatch):
+def test_hits_never_rehash_what_the_put_hashed_as_it_landed(cache, tmp_path, monkeypatch):
+    """A 200 MB clip is read through once, by the put; no hit reads it (a first hit used to hash it in full)."""
     import hotfolder.cache.store as mod
 
-    cache.put(k(1), clip(tmp_path), {})
     calls = []
     real = mod.hashlib.file_digest
     monkeypatch.setattr(mod.hashlib, "file_digest", lambda *a: calls.append(1) or real(*a))
-    assert cache.get(k(1)) is not None
-    assert calls == [1]
-    for _ in range(3):
-        assert cache.get(k(1)) is not None
-    assert calls == [1]
+    monkeypatch.setattr(fsutil, "clone", lambda s, d: False)  # hard links: the case where the ctime moves
+    cache.put(k(1), clip(tmp_path), {})
+    put_reads = len(calls)
+    for n in range(4):
+        entry = cache.get(k(1))
+        assert entry is not None
+        cache.deliver(entry, tmp_path / f"out{n}.mp4")
+    assert len(calls) == put_reads  # stat-only hits, our own links included
 
 
 def test_a_killed_put_leaves_nothing_that_get_serves(tmp_path):
@@ -543,3 +553,85 @@ def test_a_reader_that_lost_a_race_never_removes_the_replacement(cache, tmp_path
     finally:
         os.close(dfd)
     assert cache.get(k(1)).meta == {"v": 2}
+
+
+# ----------------------------------------------------------------- derived files: the GIF and the thumbnail
+
+
+def preview(tmp_path: Path, name: str, fill: int) -> Path:
+    path = tmp_path / "stage" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes([fill]) * 5000)
+    return path
+
+
+GIF = derived_name("gif", "gif", {"width": 480})
+JPG = derived_name("thumbnail", "jpg", {"description": "a lake, seed 42"})
+
+
+def test_derived_names_follow_every_setting_and_are_safe_names():
+    assert derived_name("gif", "gif", {"width": 480}) == GIF
+    assert derived_name("gif", "gif", {"width": 320}) != GIF
+    assert derived_name("thumbnail", "jpg", {"description": "a lake, seed 43"}) != JPG
+    assert GIF.startswith("gif-") and GIF.endswith(".gif") and JPG.endswith(".jpg")
+    assert derived_name("gif", "gif", {"b": 1, "a": 2}) == derived_name("gif", "gif", {"a": 2, "b": 1})
+
+
+def test_a_put_with_previews_delivers_all_three_and_reads_none_of_them_on_a_hit(cache, tmp_path, monkeypatch):
+    import hotfolder.cache.store as mod
+
+    src, gif, jpg = clip(tmp_path), preview(tmp_path, "p.gif", 1), preview(tmp_path, "p.jpg", 2)
+    cache.put(k(1), src, {"seed": 42}, extras={GIF: gif, JPG: jpg})
+    calls = []
+    real = mod.hashlib.file_digest
+    monkeypatch.setattr(mod.hashlib, "file_digest", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(fsutil, "clone", lambda s, d: False)
+    entry = cache.get(k(1))
+    assert entry.has(GIF) and entry.has(JPG) and not entry.has(derived_name("gif", "gif", {"width": 320}))
+    out = tmp_path / "out"
+    out.mkdir()
+    methods = cache.deliver_many(entry, {"video.mp4": out / "a.mp4", GIF: out / "a.gif", JPG: out / "a.jpg"})
+    assert methods == {"video.mp4": "hardlink", GIF: "hardlink", JPG: "hardlink"}
+    assert (out / "a.gif").read_bytes() == gif.read_bytes() and (out / "a.jpg").read_bytes() == jpg.read_bytes()
+    assert cache.get(k(1)) is not None and calls == []  # our links moved the ctimes; the stamps followed
+    assert cache.stats().bytes >= src.stat().st_size + 10_000  # the previews count towards the cap
+
+
+def test_previews_added_to_an_entry_are_kept_and_the_clip_is_not_read_again(cache, tmp_path, monkeypatch):
+    import hotfolder.cache.store as mod
+
+    src = clip(tmp_path)
+    cache.put(k(1), src, {"seed": 42})
+    entry = cache.get(k(1))
+    calls = []
+    real = mod.hashlib.file_digest
+    monkeypatch.setattr(mod.hashlib, "file_digest", lambda *a: calls.append(1) or real(*a))
+    added = cache.add(entry, {GIF: preview(tmp_path, "p.gif", 1)}, {"note": "previews"})
+    assert added.has(GIF) and added.sha256 == entry.sha256 and added.created == entry.created
+    assert calls == []  # the clip was linked in, never read through (the GIF was hashed as it was copied)
+    again = cache.get(k(1))
+    assert again.has(GIF) and again.meta == {"seed": 42, "note": "previews"} and calls == []
+    assert again.video.read_bytes() == src.read_bytes()
+    assert os.listdir(cache.root / ".tmp") == [] and os.listdir(cache.root / ".trash") == []
+
+
+def test_adding_to_an_entry_replaced_meanwhile_stores_nothing(cache, tmp_path):
+    cache.put(k(1), clip(tmp_path, "a.mp4", fill=1), {"v": 1})
+    old = cache.get(k(1))
+    cache.put(k(1), clip(tmp_path, "b.mp4", fill=2), {"v": 2})  # a refresh by another process
+    with pytest.raises(FileNotFoundError):
+        cache.add(old, {GIF: preview(tmp_path, "p.gif", 1)})
+    now = cache.get(k(1))
+    assert now.meta == {"v": 2} and not now.has(GIF)
+
+
+def test_a_damaged_preview_drops_the_entry(cache, tmp_path):
+    entry = cache.put(k(1), clip(tmp_path), {}, extras={GIF: preview(tmp_path, "p.gif", 1)})
+    _flip_byte(entry.path / GIF, 10)
+    assert cache.get(k(1)) is None and not entry.path.exists()
+
+
+def test_derived_names_that_could_clash_with_the_entrys_own_files_are_refused(cache, tmp_path):
+    for bad in ("video.mp4", "manifest.json", "used", "verified.json", "../x.gif", ".hidden"):
+        with pytest.raises(ValueError):
+            cache.put(k(1), clip(tmp_path), {}, extras={bad: preview(tmp_path, "p.gif", 1)})

@@ -24,14 +24,16 @@ SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
 
 
 def test_a_slow_writer_is_not_claimed_before_the_file_is_complete(root: Root) -> None:
+    root.write_config(settle_seconds=2.0)  # each pause (0.1 s) a twentieth of it: a loaded machine cannot close the gap
     daemon = root.start(fake=True)
     try:
         text = f'prompt = "A lighthouse in a storm, waves crashing over the rocks"\n{SMALL}'
         path = root.inbox / "slow.toml"
-        with open(path, "w") as f:  # a few bytes at a time, each gap shorter than settle_seconds (0.3 s)
-            for i in range(0, len(text), 12):
-                f.write(text[i:i + 12])
+        with open(path, "w") as f:  # a few bytes at a time, for longer than settle_seconds in all
+            for i in range(0, len(text), 4):
+                f.write(text[i:i + 4])
                 f.flush()
+                assert not any((root.path / "processing").iterdir()), f"claimed after {i} bytes"
                 time.sleep(0.1)
         wait_until(lambda: root.results() or root.failures(), timeout=30, what="the slow job to finish")
         assert root.failures() == [], (root.failures()[0] / "error.txt").read_text()
@@ -134,11 +136,12 @@ def test_sigterm_mid_job_exits_quickly_and_the_job_finishes_after_restart(root: 
     daemon = root.start(fake=True, env=env)
     progress = lambda: list((root.path / "processing").glob("*/progress.json"))  # noqa: E731
     wait_until(lambda: any(json.loads(p.read_text()).get("step", 0) >= 1 for p in progress()), what="a step")
-    t0 = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=10) == 0
-    assert time.monotonic() - t0 < 10
-    assert root.results() == [] and len(list((root.path / "processing").iterdir())) == 1
+    assert daemon.wait(timeout=60) == 0
+    # The order of events, not a duration: it stopped mid-job (20 s of steps), at a step, and kept the job.
+    [job] = (root.path / "processing").iterdir()
+    assert [a.get("outcome") for a in json.loads((job / "job.json").read_text())["attempts"]] == ["stopped"]
+    assert json.loads((job / "progress.json").read_text())["step"] < 40 and root.results() == []
     again = root.cli("run", "--once", fake=True)
     assert again.returncode == 0, again.stdout + again.stderr
     assert [root.metadata(r)["source"] for r in root.results()] == ["long.toml"]
@@ -257,8 +260,10 @@ def test_an_idle_daemon_unloads_the_model_and_reloads_for_the_next_job(root: Roo
     try:
         _drop(root, "one.toml", f'prompt = "one"\n{SMALL}')
         wait_until(lambda: len(root.results()) == 1, what="the first job")
+        log = root.path.parent / "logs" / "hotfolder.log"  # the unload itself, not a status.json from before it
+        wait_until(lambda: "idle: unloading the model" in log.read_text(), what="idle unload")
         status = root.path / "status.json"
-        wait_until(lambda: json.loads(status.read_text())["daemon"]["model_loaded"] == [], what="idle unload")
+        wait_until(lambda: json.loads(status.read_text())["daemon"]["model_loaded"] == [], what="status says so")
         _drop(root, "two.toml", f'prompt = "two"\n{SMALL}')
         wait_until(lambda: len(root.results()) == 2, what="the second job")
         assert len(loads.read_text().splitlines()) == 2  # loaded, unloaded when idle, loaded again

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -210,6 +210,60 @@ def test_importing_the_backend_imports_no_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
+class _FakePipe:
+    """What load() does with a pipeline, recorded: moved to a device, or model CPU offload."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.calls: list[tuple[str, ...]] = []
+        self.transformer = torch.nn.Sequential(torch.nn.Identity())
+        self.transformer[0].double_precision = True  # the LTX-2 RoPE's float64, which MPS lacks
+
+    def enable_model_cpu_offload(self) -> None:
+        self.calls.append(("offload",))
+
+    def to(self, device: str) -> "_FakePipe":
+        self.calls.append(("to", device))
+        return self
+
+    def set_progress_bar_config(self, **kwargs: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("cuda, mps, gpu_gb, device, dtype, offload", [
+    (True, False, 24, "cuda", "bfloat16", True),  # LTX-2 (~42 GB) on a 24 GB GPU: model CPU offload
+    (True, False, 80, "cuda", "bfloat16", False),  # it fits: all on the GPU
+    (False, True, None, "mps", "float32", False),  # Apple: float32 (fp16/bf16 give black or NaN frames)
+    (False, False, None, "cpu", "float32", False),
+], ids=["cuda-small", "cuda-large", "mps", "cpu"])
+def test_the_device_and_precision_follow_the_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cuda: bool,
+                                                     mps: bool, gpu_gb: int | None, device: str, dtype: str,
+                                                     offload: bool) -> None:
+    """README: CUDA in bfloat16 (model CPU offload when the GPU is smaller than the model), mps in float32, else
+    CPU in float32. The device probe (torch's) is injected; load() runs for real on a recorded pipeline."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    if gpu_gb is not None:
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda index: types.SimpleNamespace(total_memory=gpu_gb * 10**9))
+    backend = diffusers_ltx.create(BUILTIN_MODELS["ltx-2"], Config(root=tmp_path))
+    pipe, loaded_as = _FakePipe(), []
+    monkeypatch.setattr(backend, "_find_weights", lambda: "/weights/ltx-2")
+    monkeypatch.setattr(backend, "_from_pretrained", lambda source, dtype: loaded_as.append(dtype) or pipe)
+    backend.load()
+    assert backend.device == device and backend.dtype is getattr(torch, dtype) and loaded_as == [backend.dtype]
+    assert backend.offload is offload
+    assert pipe.calls == ([("offload",)] if offload else [("to", device)])
+    assert pipe.transformer[0].double_precision is (device != "mps")  # MPS has no float64
+    # The tiny models stay float32 everywhere (exact, and small).
+    assert diffusers_ltx.pick_dtype(device, tiny=True) is torch.float32
+
+
 def test_the_audio_is_fitted_by_the_one_rule() -> None:
     """The soundtrack is trimmed or padded by media.fit.fit_audio (tested in test_media), as in the MLX
     backend; the native length goes into the clip's info (see the tiny LTX-2 job test above)."""
@@ -235,13 +289,19 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("name", ["ltx-2", "ltx-video"])
 def test_missing_weights_fail_fast_with_the_pull_command(name: str, empty_hf_cache: Path, tmp_path: Path) -> None:
     backend = diffusers_ltx.create(BUILTIN_MODELS[name], Config(root=tmp_path))
-    started = time.monotonic()
     with pytest.raises(WeightsMissing) as caught:
         backend.load()
-    assert time.monotonic() - started < 3  # found on disk before torch is even imported
     assert f"hotfolder models pull {name}" in (caught.value.hint or "")
     assert name in str(caught.value) and BUILTIN_MODELS[name].diffusers_repo in str(caught.value)
     assert backend.pipe is None
+    # Fast, as the order of events: in a fresh interpreter, found missing before torch is even imported.
+    code = ("import sys\nfrom pathlib import Path\nfrom hotfolder.backends.diffusers import backend\n"
+            "from hotfolder.config import BUILTIN_MODELS, Config\nfrom hotfolder.errors import WeightsMissing\n"
+            f"try:\n    backend.create(BUILTIN_MODELS[{name!r}], Config(root=Path(sys.argv[1]))).load()\n"
+            "except WeightsMissing:\n    print('missing', sorted({'torch', 'diffusers'} & set(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HOME": str(empty_hf_cache), "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip() == "missing []", done.stdout + done.stderr
 
 
 def test_a_folder_that_is_not_a_model_is_weights_missing(empty_hf_cache: Path, tmp_path: Path) -> None:
@@ -292,11 +352,16 @@ def test_a_saved_folder_loads_through_from_pretrained_and_reproduces_the_tiny_mo
         clip = backend.generate(make_spec(), no_progress)
         again = backend.generate(make_spec(), no_progress)
         assert np.array_equal(clip.frames, again.frames)  # promised: same weights, same seed, same process
-        # Across a save and load the weights are the same, but memory layout and CPU kernels may differ:
-        # the frames agree to within one level on all but a sliver of pixels (not bit for bit).
+        # Across a save and load the weights are the same, but memory layout and kernels may differ: not bit
+        # for bit (not promised), the same video to within rounding. On CUDA a saved folder is not the tiny
+        # model and loads in bfloat16 (the tiny model: float32): there only the shape can agree.
         reference = ltx2.generate(make_spec(), no_progress).frames
-        diff = np.abs(clip.frames.astype(np.int16) - reference.astype(np.int16))
-        assert diff.max() <= 1 and np.count_nonzero(diff) <= 0.001 * diff.size, (diff.max(), np.count_nonzero(diff))
+        assert clip.frames.shape == reference.shape
+        if backend.dtype == ltx2.dtype:
+            diff = np.abs(clip.frames.astype(np.int16) - reference.astype(np.int16))
+            assert diff.mean() < 0.1 and np.count_nonzero(diff > 2) <= 0.001 * diff.size, (diff.mean(), diff.max())
+            other = ltx2.generate(make_spec(seed=8), no_progress).frames  # the check can fail: a seed is enough
+            assert np.abs(other.astype(np.int16) - reference.astype(np.int16)).mean() > 5
         assert clip.info["tiny"] is False and clip.info["guidance"] == 1.0
     finally:
         backend.close()

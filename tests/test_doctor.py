@@ -121,7 +121,7 @@ def test_an_unwritable_root_fails_with_the_macos_privacy_hint(config: Config, tm
     assert str(os.path.realpath(doctor.Probes().python)) in mac.fix  # the exact binary to grant
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere: the real permission check needs a normal user")
+@pytest.mark.unprivileged  # root writes anywhere; CI runs this as hotfolder-ci (.ci/run)
 def test_a_really_unwritable_root_fails(config: Config, tmp_path: Path) -> None:
     config.root.chmod(0o500)
     try:
@@ -181,15 +181,48 @@ def test_an_old_python_fails(config: Config, tmp_path: Path) -> None:
     assert c.status == FAIL
 
 
-def test_the_real_doctor_runs_on_this_machine(tmp_path: Path, capsys) -> None:
-    """No probe replaced: it must finish, offline, and report every check."""
-    from hotfolder.cli import main
+def _real_doctor(tmp_path: Path, config_text: str) -> tuple[int, str, dict[str, str]]:
+    """`hotfolder doctor` as a process, nothing replaced but HOME and an empty Hugging Face cache."""
+    import subprocess
+    import sys
 
-    code = main(["doctor", "--root", str(tmp_path / "root")])
-    out = capsys.readouterr().out
-    assert code in (0, 1)
-    for name in ("python", "packages", "backend", "ffmpeg", "root", "agent"):
-        assert f"  {name} " in f"  {out}" or f" {name} " in out
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(config_text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOTFOLDER_", "XDG_", "HF_"))}
+    env.update(HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "hotfolder", "doctor", "--root", str(tmp_path / "root"),
+                          "--config", str(config_file)], capture_output=True, text=True, timeout=300, env=env)
+    statuses = {}
+    for line in run.stdout.splitlines():
+        status, _, rest = line.partition("  ")
+        if status.strip() in (OK, WARN, FAIL) and rest.strip():
+            statuses[rest.strip().split("  ")[0].strip()] = status.strip()
+    return run.returncode, run.stdout + run.stderr, statuses
+
+
+def _summary_agrees(code: int, out: str, statuses: dict[str, str]) -> None:
+    failed = sum(1 for s in statuses.values() if s == FAIL)
+    warned = sum(1 for s in statuses.values() if s == WARN)
+    assert f"{failed} failed, {warned} warnings, {len(statuses) - failed - warned} ok" in out, out
+    assert code == (1 if failed else 0), out  # exit 1 exactly when a check failed
+
+
+def test_the_real_doctor_fails_on_this_machine_when_the_default_models_weights_are_missing(tmp_path: Path) -> None:
+    """No probe replaced: it finishes, offline, reports every check, and exits 1 because the Hugging Face cache
+    it is given is empty (the default model, ltx-2, is not downloaded)."""
+    code, out, statuses = _real_doctor(tmp_path, "")
+    for name in ("python", "packages", "backend", "ffmpeg", "root", "agent", "weights ltx-2"):
+        assert name in statuses, (name, out)
+    assert statuses["weights ltx-2"] == FAIL and "fix: hotfolder models pull ltx-2" in out, out
+    _summary_agrees(code, out, statuses)
+    assert code == 1
+
+
+def test_the_real_doctor_with_the_built_in_model_needs_no_weights(tmp_path: Path) -> None:
+    code, out, statuses = _real_doctor(tmp_path, 'model = "tiny"\n')
+    assert statuses.get("weights tiny") is None and statuses["ffmpeg"] == OK and statuses["root"] == OK, out
+    assert not any(name.startswith("weights") and s == FAIL for name, s in statuses.items()), out
+    _summary_agrees(code, out, statuses)
 
 
 # -- answering in a few seconds: slow probes run beside the rest and are bounded ---------------------------------

@@ -44,6 +44,9 @@ def test_toml_txt_batch_and_preset_jobs_become_mp4s_with_sound(root: Root) -> No
         by_name[meta["outputs"]["video"]] = (result, meta)
     assert set(by_name) == {"lake.mp4", "fox.mp4", "pair-1.mp4", "pair-2.mp4", "dance.mp4"}
 
+    from hotfolder.backends.diffusers.backend import pick_device
+
+    device = pick_device()  # the daemon's own choice on this machine (the choice itself: test_diffusers_backend)
     expected = {  # name: (width, height, frames, fps)
         "lake.mp4": (96, 64, 17, 16.0),
         "fox.mp4": (640, 352, 9, 12.0),  # linkedin preview, 1 s at 12 fps -> 12 -> 9 frames
@@ -65,7 +68,7 @@ def test_toml_txt_batch_and_preset_jobs_become_mp4s_with_sound(root: Root) -> No
         for suffix in (".gif", ".jpg", ".json", ".log"):
             assert (result / f"{stem}{suffix}").is_file(), f"{stem}{suffix}"
         assert meta["model"] == "tiny" and "noise" in meta["warning"] and "noise" in meta["model_label"]
-        assert meta["backend"] == "diffusers" and meta["device"] == "cpu"
+        assert meta["backend"] == "diffusers" and meta["device"] == device  # this machine's: cpu, cuda or mps
         for key in ("job_id", "source", "status", "prompt", "negative_prompt", "seed", "steps", "cache_hit",
                     "cache_key", "adjustments", "timings", "outputs", "versions"):
             assert key in meta, key

@@ -551,3 +551,32 @@ def _result(outbox: Path, folder: str, name: str, prompt: str, seed: int, *, pos
                         "metadata": f"{name}.json", "log": f"{name}.log"}}
     (d / f"{name}.json").write_text(json.dumps(meta))
     return d
+
+
+def _listed(root: Root) -> set[str]:
+    """The prompts of the results the page lists (its data block, as the page's script reads it)."""
+    try:
+        text = (root.outbox / "index.html").read_text()
+    except OSError:
+        return set()
+    return {p for p in (f"burst job {n}" for n in range(8)) if f'"{p}"' in text}
+
+
+def test_a_burst_of_results_is_all_on_the_page_the_last_rewrite_is_never_skipped(tmp_path: Path) -> None:
+    """The daemon rewrites the page at most once a second while jobs run (with thousands of results a rewrite
+    costs tens of ms), and at once when it is idle: after a burst, every result is on the page."""
+    root = Root(tmp_path)
+    for n in range(4):
+        _drop(root, f"burst{n}", f"burst job {n}", n)
+    run = root.cli("run", "--once", fake=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _listed(root) == {f"burst job {n}" for n in range(4)}  # at the stop, whatever the timing
+    daemon = root.start(fake=True)
+    try:
+        for n in range(4, 8):
+            _drop(root, f"burst{n}", f"burst job {n}", n)
+        wait_until(lambda: len(root.results()) == 8, what="the second burst")
+        wait_until(lambda: _listed(root) == {f"burst job {n}" for n in range(8)}, what="the page at idle")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import TESTS, Root, wait_until
+from conftest import TESTS, Root, needs, needs_tool, wait_until
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
 SLOW = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 4\n'
@@ -80,17 +80,14 @@ def _no_temp_files(path: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
-    """A small tmpfs mounted at `path` (root only: skips with the reason elsewhere)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs (CI runs as root)")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command on this machine")
+    """A small tmpfs mounted at `path` (root only: skips with the reason elsewhere, fails in CI, which runs as root)."""
+    needs(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root to mount a tmpfs (CI runs as root)")
+    needs_tool("mount", "apt-get install mount")
     path.mkdir(parents=True, exist_ok=True)
     opts = ",".join((f"size={size}", *options))
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "hotfolder-test", str(path)],
                           capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    needs(done.returncode == 0, f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
         yield path
     finally:
@@ -150,8 +147,7 @@ def test_a_job_that_kills_the_process_goes_to_failed_after_max_attempts_and_the_
 
 def _memory_cgroup(limit: int) -> tuple[Path, list[str]]:
     """A memory cgroup limited to `limit` bytes, and the command prefix that runs a process in it."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup (CI runs as root)")
+    needs(hasattr(os, "geteuid") and os.geteuid() == 0, "needs root to create a memory cgroup (CI runs as root)")
     name = f"hotfolder-test-{os.getpid()}"
     lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
     v1 = next((path for _, ctrls, path in lines if "memory" in ctrls.split(",")), None)
@@ -163,8 +159,8 @@ def _memory_cgroup(limit: int) -> tuple[Path, list[str]]:
         else:
             own = next((path for hier, _, path in lines if hier == "0"), None)
             base = Path("/sys/fs/cgroup")
-            if own is None or not (base / "cgroup.controllers").exists():
-                pytest.skip("no cgroup v1 memory controller and no cgroup v2 hierarchy here")
+            needs(own is not None and (base / "cgroup.controllers").exists(),
+                  "no cgroup v1 memory controller and no cgroup v2 hierarchy here")
             parent = base / own.lstrip("/")
             if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
                 (parent / "cgroup.subtree_control").write_text("+memory")
@@ -174,7 +170,7 @@ def _memory_cgroup(limit: int) -> tuple[Path, list[str]]:
             with contextlib.suppress(OSError):
                 (group / "memory.swap.max").write_text("0")
     except OSError as e:
-        pytest.skip(f"cannot create a memory cgroup here: {e}")
+        needs(False, f"cannot create a memory cgroup here: {e}")
     return group, ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group)]
 
 
@@ -352,14 +348,16 @@ def _past_the_last_step(root: Root) -> bool:
         progress.get("step") == progress.get("total_steps")
 
 
-def test_sigterm_during_a_long_decode_exits_0_within_10_s_and_the_job_is_delivered_next_start(root: Root) -> None:
+def test_sigterm_during_a_long_decode_exits_0_without_waiting_and_the_job_is_delivered_next_start(root: Root) -> None:
     _drop(root, "decode.toml", f'prompt = "a job with a long decode"\n{SMALL}')
-    # A decode no step callback interrupts, and an exit as slow as torch's teardown after a model was loaded.
-    daemon = root.start(fake=True, env=root.env(HOTFOLDER_FAKE_DECODE_S="120", HOTFOLDER_FAKE_TEARDOWN_S="5"))
+    # A decode no step callback interrupts, and an interpreter teardown (torch's and CUDA's are slow after a model
+    # was loaded) far longer than the test waits: the order of events, not a duration, shows neither is waited for
+    # (the 10 s limit itself is the daemon's STOP_PROMISE_S).
+    daemon = root.start(fake=True, env=root.env(HOTFOLDER_FAKE_DECODE_S="600", HOTFOLDER_FAKE_TEARDOWN_S="600"))
     try:
         wait_until(lambda: _past_the_last_step(root), what="the long decode to begin")
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=10) == 0  # the promise: out within 10 s, exit 0
+        assert daemon.wait(timeout=120) == 0  # exit 0, long before the decode (or the teardown) could end
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -386,7 +384,7 @@ def test_sigterm_during_an_encode_kills_ffmpeg_and_exits_0(root: Root, tmp_path:
         wait_until(lambda: marker.exists() and marker.read_text().strip(), what="the encoder to start")
         encoder = int(marker.read_text())
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=10) == 0
+        assert daemon.wait(timeout=120) == 0  # long before the stuck encoder (600 s) could end: it was not waited for
     finally:
         if daemon.poll() is None:
             daemon.kill()

@@ -322,3 +322,81 @@ def test_probe_reports_cut_off_and_damaged_audio(tmp_path: Path) -> None:
     broken.write_bytes(wav.read_bytes()[:-1])  # half a sample at the end
     assert any("Invalid" in line or "corrupt" in line for line in media.probe(broken).damage)
     assert media.probe(whole).damage == () and media.probe(whole).header_duration == 3.0
+
+
+# --- previews from the frames in memory (issue 16): no decode, no ffmpeg ------------------------------------
+
+
+def _no_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hotfolder.media import ffmpeg
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ffmpeg ran")
+
+    monkeypatch.setattr(ffmpeg, "_run", refuse)
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "fps", "height", "width"),
+    [(25, 24.0, 96, 160), (100, 24.0, 32, 96), (50, 12.5, 32, 96), (200, 60.0, 32, 96)],
+    ids=["short-24fps", "long-24fps", "long-12.5fps", "long-60fps"],
+)
+def test_a_gif_from_the_frames_is_480_wide_loops_and_plays_at_real_speed_without_ffmpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, num_frames: int, fps: float, height: int, width: int
+) -> None:
+    clip = make_clip(num_frames, height, width, fps)
+    _no_ffmpeg(monkeypatch)
+    gif = tmp_path / "clip.gif"
+    media.ffmpeg.make_gif_from_frames(clip.frames, fps, gif)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.width == 480 and im.height % 2 == 0
+        assert im.height == pytest.approx(480 * height / width, abs=2)
+        assert im.info.get("loop") == 0
+    durations = gif_durations_ms(gif)
+    assert min(durations) >= 20
+    assert abs(sum(durations) / 1000 - min(3.0, num_frames / fps)) <= 1 / fps
+
+
+def _psnr(gif: Path, frames: np.ndarray, fps: float) -> float:
+    errors, t = [], 0.0
+    with Image.open(gif) as im:
+        for i in range(im.n_frames):
+            im.seek(i)
+            got = np.asarray(im.convert("RGB"), dtype=float)
+            want = Image.fromarray(frames[min(len(frames) - 1, round(t * fps))]).resize(im.size, Image.LANCZOS)
+            errors.append(((got - np.asarray(want, dtype=float)) ** 2).mean())
+            t += im.info["duration"] / 1000
+    return 10 * np.log10(255**2 / np.mean(errors))
+
+
+def test_the_gif_from_the_frames_looks_like_the_clip_at_least_as_well_as_the_one_from_the_mp4(tmp_path: Path) -> None:
+    """A moving pattern with gradients (where a GIF's palette and dithering show): the frames' GIF is as close
+    to the clip as the MP4's (which also carries the encode's loss)."""
+    n, h, w, fps = 48, 128, 192, 24.0
+    y, x = np.mgrid[0:h, 0:w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = (x * 255 / w + 4 * i) % 256
+        frames[i, ..., 1] = y * 255 / h
+        frames[i, ..., 2] = 128 + 100 * np.sin((x + 3 * i) / 9.0)
+    video = tmp_path / "pattern.mp4"
+    media.encode_mp4(Clip(frames=frames, fps=fps), video)
+    from_frames, from_video = tmp_path / "frames.gif", tmp_path / "video.gif"
+    media.ffmpeg.make_gif_from_frames(frames, fps, from_frames)
+    media.make_gif(video, from_video)
+    assert _psnr(from_frames, frames, fps) >= _psnr(from_video, frames, fps) - 0.5 > 18
+
+
+def test_a_thumbnail_from_the_first_frame_carries_the_description_without_ffmpeg(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = make_clip(25, 96, 160, 24.0)
+    _no_ffmpeg(monkeypatch)
+    jpg = tmp_path / "clip.jpg"
+    media.ffmpeg.thumbnail_from_frame(clip.frames[0], jpg, description="Un café au bord du lac\n\nseed 7")
+    with Image.open(jpg) as im:
+        assert im.format == "JPEG" and im.size == (160, 96)
+        got = np.asarray(im.convert("RGB")).astype(float)
+        described = im.getexif()[0x010E]  # UTF-8 bytes, which Pillow hands back as Latin-1 text
+        assert (described if isinstance(described, bytes) else described.encode("latin-1")).decode() == \
+            "Un café au bord du lac\n\nseed 7"
+    assert np.abs(got - clip.frames[0].astype(float)).mean() < 3  # the first frame itself, not an encode of it

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs, needs_tool
 from hotfolder.config import Config
 from hotfolder.service import notify
 
@@ -80,21 +81,25 @@ def test_a_click_opens_the_file_and_nothing_else_does(printed: str | None, opens
 
 
 def test_sending_never_blocks_the_caller_even_when_nobody_clicks() -> None:
-    release = threading.Event()
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
     opened: list[str] = []
 
     def sender(argv):  # a notify-send waiting for a click that comes late
-        release.wait(10)
+        started.set()
+        release.wait(30)
+        finished.set()
         return "default\n"
 
-    t0 = time.monotonic()
     argv = notify.send("t", "b", open_path="/r/fox.mp4", sender=sender, opener=opened.append, **LINUX)
-    assert time.monotonic() - t0 < 0.5 and notify.waits_for_click(argv)
+    # send returned while the notifier still waits for its click: the order of events, not a time
+    assert not finished.is_set() and notify.waits_for_click(argv)
+    assert started.wait(10)
+    assert opened == []
     release.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while not opened and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert opened == ["/r/fox.mp4"]
+    assert finished.is_set() and opened == ["/r/fox.mp4"]
 
 
 def test_only_a_few_notifications_wait_for_a_click_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,8 +162,12 @@ def test_a_failure_names_the_first_line_of_the_error_and_where_the_details_are(t
     assert body == "fox.toml: key 'duraton' is not a job key (details: /r/failed/x/error.txt)"
 
 
-def test_a_broken_or_hanging_notifier_never_raises(tmp_path: Path) -> None:
+def test_a_broken_notifier_never_raises(tmp_path: Path) -> None:
     assert notify._run(["/nonexistent/notify-send", "t", "b"]) is None
+    failing = tmp_path / "notify-send"
+    failing.write_text("#!/bin/sh\necho 'GDBus.Error: no notification server' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    assert notify._run([str(failing), "t", "b"]) == ""  # ran, said nothing: never an exception
     long = notify.command("t", "x" * 1000, platform="linux", which=_which({"notify-send": "n"}))
     assert len(long[-1]) == notify.MAX_BODY
 
@@ -168,16 +177,37 @@ def test_a_broken_or_hanging_notifier_never_raises(tmp_path: Path) -> None:
     assert notify.send("t", "b", open_path="/r/x.mp4", sender=explode, wait=True, **LINUX) is not None
 
 
+@pytest.mark.parametrize("clicks", [False, True], ids=["shows", "waits-for-a-click"])
+def test_a_notifier_that_hangs_is_ended_at_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          clicks: bool) -> None:
+    """A real process that never returns (a wedged notification server): `_run` ends it at the limit and returns
+    None; the process is gone afterwards, nothing raised."""
+    monkeypatch.setattr(notify, "ACTION_WAIT_S" if clicks else "TIMEOUT_S", 1.0)
+    pid_file = tmp_path / "pid"
+    hangs = tmp_path / "notify-send"
+    hangs.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    hangs.chmod(0o755)
+    argv = notify.command("t", "b", open_path="/r/x.mp4" if clicks else None, platform="linux",
+                          which=_which({"notify-send": str(hangs)}))
+    assert notify.waits_for_click(argv) is clicks
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(notify._run(argv)))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and done == [None]
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the hanging notifier (pid {pid}) was left running")
+
+
 # --- the real notify-send ---------------------------------------------------------------------
-
-
-@pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send is not installed here")
-def test_the_real_notify_send_accepts_the_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")  # fail fast: no server
-    argv = notify.command("hotfolder test", "a <b> & c", open_path="/tmp/x.mp4", platform="linux")
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    # Without a notification server it fails, but on the D-Bus connection, never on the arguments.
-    assert run.returncode == 0 or "Unknown option" not in run.stderr
 
 
 SERVER = r'''
@@ -242,42 +272,77 @@ def _system_python_with_gi() -> str | None:
     return None
 
 
-@pytest.mark.skipif(shutil.which("notify-send") is None or shutil.which("dbus-daemon") is None
-                    or _system_python_with_gi() is None,
-                    reason="needs notify-send, dbus-daemon and python3-gi (apt-get install libnotify-bin dbus python3-gi)")
+class NotificationServer:
+    """A private D-Bus session bus with a notification server that records each notification and then clicks
+    it (`click`: the action's name) or dismisses it (`click` empty)."""
+
+    def __init__(self, tmp_path: Path, click: str):
+        needs_tool("notify-send", "apt-get install libnotify-bin")
+        needs_tool("dbus-daemon", "apt-get install dbus")
+        python = _system_python_with_gi()
+        needs(python, "no python3 with gi here (apt-get install python3-gi)")
+        self.record = tmp_path / "notifications.jsonl"
+        self.bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
+                                     f"--address=unix:path={tmp_path}/bus"], stdout=subprocess.PIPE, text=True)
+        self.server: subprocess.Popen | None = None
+        try:
+            self.address = self.bus.stdout.readline().strip()
+            assert self.address.startswith("unix:")
+            (tmp_path / "server.py").write_text(SERVER)
+            self.server = subprocess.Popen([python, str(tmp_path / "server.py"), str(self.record), click],
+                                           env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.address})
+            deadline = time.monotonic() + 20
+            while not Path(f"{self.record}.ready").exists():
+                assert time.monotonic() < deadline and self.server.poll() is None, "the notification server did not start"
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+
+    def shown(self) -> list[dict]:
+        return [json.loads(line) for line in self.record.read_text().splitlines()] if self.record.exists() else []
+
+    def close(self) -> None:
+        for proc in (self.server, self.bus):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        if self.bus.stdout:
+            self.bus.stdout.close()
+
+
+def test_the_real_notify_send_accepts_the_arguments(tmp_path: Path) -> None:
+    """The exact argument list, run by this machine's notify-send against a real notification server."""
+    server = NotificationServer(tmp_path, click="")
+    try:
+        argv = notify.command("hotfolder test", "a <b> & c", open_path="/tmp/x.mp4", platform="linux")
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": server.address})
+        assert run.returncode == 0 and run.stderr == "", run.stderr
+        [shown] = server.shown()
+        assert shown["app"] == "hotfolder" and shown["summary"] == "hotfolder test"
+        assert shown["body"] == "a &lt;b&gt; &amp; c"  # markup escaped: the server shows "a <b> & c"
+        assert shown["actions"] == ["default", "Open", "open", "Open"]
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("click", ["default", ""], ids=["clicked", "dismissed"])
 def test_the_real_notify_send_opens_the_video_when_the_notification_is_clicked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, click: str) -> None:
     """notify-send against a notification server on a private D-Bus that clicks (or dismisses) each notification."""
-    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
-                            f"--address=unix:path={tmp_path}/bus"], stdout=subprocess.PIPE, text=True)
-    server = None
+    server = NotificationServer(tmp_path, click)
     try:
-        address = bus.stdout.readline().strip()
-        assert address.startswith("unix:")
-        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address}
-        record = tmp_path / "notifications.jsonl"
-        (tmp_path / "server.py").write_text(SERVER)
-        server = subprocess.Popen([_system_python_with_gi(), str(tmp_path / "server.py"), str(record), click], env=env)
-        deadline = time.monotonic() + 20
-        while not Path(f"{record}.ready").exists():
-            assert time.monotonic() < deadline and server.poll() is None, "the notification server did not start"
-            time.sleep(0.05)
-        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", address)
+        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", server.address)
         opened: list[str] = []
         mp4 = tmp_path / "outbox" / "x" / "fox.mp4"
         notify.send("Video ready: fox", str(mp4), open_path=mp4, opener=opened.append, platform="linux", wait=True)
-        [shown] = [json.loads(line) for line in record.read_text().splitlines()]
+        [shown] = server.shown()
         assert shown["app"] == "hotfolder" and shown["summary"] == "Video ready: fox" and shown["body"] == str(mp4)
         assert shown["actions"] == ["default", "Open", "open", "Open"]
         assert opened == ([str(mp4)] if click else [])
     finally:
-        for proc in (server, bus):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=10)
-        if bus.stdout:
-            bus.stdout.close()
+        server.close()
 
 
 # --- in the daemon ----------------------------------------------------------------------------
@@ -326,3 +391,41 @@ def test_the_daemon_notifies_and_a_click_opens_the_video_or_the_error(tmp_path: 
     assert "duraton" in failed[-1] and "error.txt" in failed[-1]
     targets = sorted(o[0] for o in lines(opened))
     assert [Path(t).name for t in targets] == ["error.txt", "fox.mp4"] and all(Path(t).is_file() for t in targets)
+
+
+def test_a_notifier_that_never_returns_does_not_hold_up_the_daemon(tmp_path: Path) -> None:
+    """Each notification's notify-send hangs (a wedged notification server): the daemon still makes the next job,
+    and still stops gracefully."""
+    from conftest import Root, wait_until
+
+    if sys.platform == "darwin":
+        pytest.skip("on macOS the daemon uses terminal-notifier or osascript: this test fakes notify-send")
+    root = Root(tmp_path)
+    root.write_config(notifications=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pids = tmp_path / "pids"
+    (bin_dir / "notify-send").write_text(f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 600\n')
+    (bin_dir / "notify-send").chmod(0o755)
+    daemon = root.start(fake=True, env=root.env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    try:
+        job = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
+        (root.inbox / "first.toml").write_text(f'prompt = "first"\n{job}')
+        wait_until(lambda: pids.exists() and len(pids.read_text().split()) >= 1, timeout=60,
+                   what="the first notification, which never returns")
+        (root.inbox / "second.toml").write_text(f'prompt = "second"\n{job}')
+        wait_until(lambda: len(root.results()) == 2 and len(pids.read_text().split()) >= 2, timeout=60,
+                   what="the second job made and notified while the first notification still hangs")
+        first = int(pids.read_text().split()[0])
+        os.kill(first, 0)  # still hanging
+        daemon.terminate()
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=15)
+        for pid in (pids.read_text().split() if pids.exists() else []):
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass

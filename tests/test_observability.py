@@ -71,13 +71,37 @@ def test_status_json_and_progress_json_show_the_queue_and_the_running_job(root: 
     assert "No daemon running" in after.stdout and "stopped" in after.stdout
 
 
-def test_polling_mode_finds_jobs_without_file_events(root: Root) -> None:
-    root.write_config(rescan_seconds=60.0)  # only the PollingObserver can wake the daemon in time
-    daemon = root.start("--poll", fake=True)
+# An inotify-blind inbox (some network and FUSE volumes): the native observer never reports anything, so
+# only watchdog's PollingObserver (`--poll`, `polling = true`) can see a file arrive.
+BLIND = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+from watchdog.observers.polling import PollingObserver
+import hotfolder.folders.watch as watch
+watch.Observer = lambda: PollingObserver(timeout=86400)
+sys.argv = [{run_daemon!r}, *sys.argv[1:]]
+runpy.run_path({run_daemon!r}, run_name="__main__")
+"""
+
+
+def test_polling_mode_finds_jobs_without_file_events(root: Root, tmp_path: Path) -> None:
+    """The inbox sends no events and the rescan is an hour away: only the PollingObserver can find the job
+    (before issue 17 the daemon rescanned every 2 s whatever rescan_seconds said, so this could not fail)."""
+    import subprocess
+    import sys
+
+    from conftest import TESTS
+
+    root.write_config(rescan_seconds=3600.0)
+    script = tmp_path / "blind_daemon.py"
+    script.write_text(BLIND.format(tests=str(TESTS), run_daemon=str(TESTS / "run_daemon.py")))
+    daemon = subprocess.Popen([sys.executable, str(script), "run", "--root", str(root.path), "--config",
+                               str(root.config), "--backend", "fake", "--poll"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=root.env())
     try:
         wait_until(lambda: (root.path / "status.json").exists(), what="the daemon")
         _drop(root, "polled.toml", f'prompt = "polled"\n{SMALL}')
-        wait_until(root.results, timeout=20, what="the polled job")
+        wait_until(root.results, timeout=30, what="the polled job")
     finally:
         daemon.terminate()
         daemon.wait(timeout=15)

@@ -16,6 +16,35 @@ from hotfolder.job.spec import JobSpec, parse, safe_name
 # --- helpers ---------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def this_machine_is_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`backend = "auto"` depends on the machine (Apple Silicon with MLX, and the weights in the Hugging Face
+    cache): every test here gets a Linux machine with an empty cache, so it means the same everywhere. Tests of
+    the choice itself set the platform and the weights."""
+    import huggingface_hub.constants as hf
+
+    from hotfolder.backends import choose
+
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(choose, "is_apple_silicon", lambda: False)
+    return cache
+
+
+def weights_in_cache(cache: Path, repo: str, revision: str | None = None) -> None:
+    """A complete download of `repo` in the Hugging Face cache layout (one small file)."""
+    from hotfolder import weights
+
+    commit = revision if revision and len(revision) == 40 else "0" * 40
+    folder = weights.repo_folder(repo, cache)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / (revision or "main")).write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / commit / "config.json").write_text("{}")
+
+
 def config(tmp_path: Path, **kwargs) -> Config:
     return Config(root=tmp_path, **kwargs)
 
@@ -191,6 +220,27 @@ def test_model_without_audio_turns_sound_off_and_says_so(tmp_path):
     spec = job(tmp_path, 'prompt = "x"\nmodel = "ltx-video"\n')
     assert spec.generate_audio is False
     assert "audio.generate true -> false (model 'ltx-video' makes no sound)" in spec.adjustments
+
+
+@pytest.mark.parametrize("apple, mlx_weights, backend, size", [
+    (False, False, "diffusers", (640, 352)),
+    (False, True, "diffusers", (640, 352)),  # not a Mac: MLX weights change nothing
+    (True, False, "diffusers", (640, 352)),  # a Mac without the model's MLX weights: Diffusers, rather than fail
+    (True, True, "mlx", (640, 384)),  # Apple Silicon with MLX weights: MLX, snapped to multiples of 64
+], ids=["linux", "linux-with-mlx-weights", "mac-without-mlx-weights", "mac-with-mlx-weights"])
+def test_auto_picks_mlx_on_apple_silicon_when_its_weights_are_here(tmp_path, monkeypatch, this_machine_is_injected,
+                                                                   apple, mlx_weights, backend, size):
+    from hotfolder.backends import choose
+    from hotfolder.config import BUILTIN_MODELS
+
+    monkeypatch.setattr(choose, "is_apple_silicon", lambda: apple)
+    monkeypatch.setattr(choose, "mlx_status", lambda: (True, "mlx with mlx-video-with-audio (injected)"))
+    if mlx_weights:
+        model = BUILTIN_MODELS["ltx-2"]
+        weights_in_cache(this_machine_is_injected, model.mlx_repo, model.revision)
+        weights_in_cache(this_machine_is_injected, model.mlx_text_encoder_repo)
+    spec = job(tmp_path, 'prompt = "x"\nbackend = "auto"\n')
+    assert (spec.backend, (spec.width, spec.height)) == (backend, size)
 
 
 def test_model_can_be_a_local_folder_of_weights(tmp_path):

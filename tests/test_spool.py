@@ -206,3 +206,78 @@ def test_fail_keeps_the_input_in_processing_until_its_failed_folder_is_in_place(
     target = s.fail(again, {"status": "invalid", "message": "bad.toml: line 1: broken"})
     assert (target / "bad.toml").read_text() == "prompt = " and not job.folder.exists()
     assert json.loads((target / "error.json").read_text())["job_id"] == job.job_id
+
+
+# -- the settle clock starts at the file's event, and the daemon wakes when it is due (issue 16) ---------------
+
+
+def test_the_settle_clock_starts_at_the_files_event_not_at_the_scan(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "lake.txt"
+    f.write_text("A lake")
+    s.inbox.scan()  # a scan before the event: the event is news to the next one
+    s.inbox.settled([])
+    s.inbox.note(f, clock.now)  # the watcher saw it written now
+    clock.now += 0.4  # the scan comes later (a busy machine)
+    ready, waiting = s.inbox.settled(s.inbox.scan())
+    assert ready == [] and waiting  # first sight: never claimed at once
+    assert s.inbox.next_due() == pytest.approx(1000.0 + 1.0)  # due a settle window after the event, not the sight
+    clock.now = 1000.0 + 1.0
+    ready, _ = s.inbox.settled(s.inbox.scan())
+    assert [c.rel for c in ready] == ["lake.txt"]
+
+
+def test_an_event_inside_a_job_folder_or_a_preset_folder_belongs_to_its_candidate(tmp_path: Path) -> None:
+    clock = Clock()
+    s = Spool(Config(root=tmp_path / "root", settle_seconds=1.0, presets={"tiktok": {}}), clock=clock)
+    s.ensure_folders()
+    (s.config.inbox / "lake").mkdir()
+    (s.config.inbox / "lake" / "lake.toml").write_text('prompt = "a lake"\n')
+    (s.config.inbox / "tiktok" / "fox.txt").write_text("a fox")
+    s.inbox.scan()
+    s.inbox.settled([])
+    s.inbox.note(s.config.inbox / "lake" / "media" / "voice.mp3", clock.now)
+    s.inbox.note(s.config.inbox / "tiktok" / "fox.txt", clock.now)
+    s.inbox.note(s.config.inbox / "tiktok", clock.now)  # the preset folder itself is no job
+    s.inbox.note(tmp_path / "elsewhere.txt", clock.now)  # outside the inbox: ignored
+    clock.now += 0.3
+    s.inbox.settled(s.inbox.scan())
+    clock.now = 1000.0 + 1.0
+    ready, _ = s.inbox.settled(s.inbox.scan())
+    assert sorted(c.rel for c in ready) == ["lake", "tiktok/fox.txt"]
+
+
+def test_a_later_event_restarts_the_clock_and_an_old_one_is_not_trusted(spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    f = s.config.inbox / "slow.txt"
+    s.inbox.note(f, clock.now - 5)  # an event from before the previous scan began: maybe not the last change
+    f.write_text("A")
+    s.inbox.settled(s.inbox.scan())
+    s.inbox.settled(s.inbox.scan())
+    assert s.inbox.next_due() == pytest.approx(clock.now + 1.0)  # counted from the sight instead
+    clock.now += 0.8
+    s.inbox.note(f, clock.now)  # touched again (same size: only the event says so)
+    clock.now += 0.5
+    ready, _ = s.inbox.settled(s.inbox.scan())
+    assert ready == []  # 0.5 s since the last event
+    assert s.inbox.next_due() == pytest.approx(clock.now - 0.5 + 1.0)
+    clock.now += 0.5
+    ready, _ = s.inbox.settled(s.inbox.scan())
+    assert [c.rel for c in ready] == ["slow.txt"]
+
+
+def test_nothing_settling_means_no_wake_up_and_a_ready_file_that_waits_never_busy_loops(
+        spool: tuple[Spool, Clock]) -> None:
+    s, clock = spool
+    assert s.inbox.next_due() is None  # an empty inbox: the daemon sleeps until the rescan
+    job = s.config.inbox / "lake.toml"
+    job.write_text('prompt = "a lake"\n[image]\nfile = "first.png"\n')  # names a file that is not there yet
+    s.inbox.settled(s.inbox.scan())
+    clock.now += 1.0
+    candidates = s.inbox.scan()
+    ready, _ = s.inbox.settled(candidates)
+    arrivals, waiting = s.inbox.arrivals(candidates, ready, lambda c: ("first.png",))
+    assert arrivals == [] and waiting  # settled, but waiting for the image
+    due = s.inbox.next_due()
+    assert due is not None and due > clock.now  # the end of the wait, never a time already past
+    assert due == pytest.approx(1001.0 + s.config.attachment_wait_seconds)

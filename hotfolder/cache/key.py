@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # attribute access only
     from hotfolder.job.spec import JobSpec
 
 KEY_SCHEMA = 3  # bump when the key, its fields or what is generated change (2: two-stage production; 3: image fit)
+DERIVED_SCHEMA = 1  # bump when the way derived files (GIF, thumbnail) are made changes for the same settings
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -73,6 +74,15 @@ def cache_key(
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def derived_name(kind: str, suffix: str, settings: Mapping[str, Any]) -> str:
+    """The name, inside a cache entry, of a file made from the clip alone with `settings` (the preview GIF,
+    the thumbnail): `<kind>-<16 hex>.<suffix>`, the hex a SHA-256 of the settings, so that other settings
+    (another width, another description in the thumbnail's EXIF) name another file and never get this one."""
+    blob = json.dumps({"v": DERIVED_SCHEMA, "kind": kind, "settings": dict(settings)}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return f"{kind}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:16]}.{suffix}"
 
 
 def reads_cache(spec: JobSpec) -> bool:

@@ -9,6 +9,8 @@ Layout under the cache root::
 
     <root>/<key[:2]>/<key>/manifest.json   schema, key, created, files {name: size, sha256}, meta, checksum
                           /video.mp4       the clip with its native audio, mode 0o444
+                          /<kind>-<v>.<ext>  derived files (the GIF, the thumbnail), mode 0o444; <v> names
+                                           the settings that made them (`cache.key.derived_name`)
                           /used            empty; its mtime is the last use (LRU), set from the clock
                           /verified.json   stamps (size, mtime_ns, ctime_ns, ino, dev, sha256) of checked files
     <root>/.tmp/<id>.lock, <id>/          puts in progress (the lock is flock'ed by the writer)
@@ -29,9 +31,15 @@ directories atomically where the OS can (Linux `renameat2(RENAME_EXCHANGE)`, mac
 leaves only `.tmp/<id>`, which `get` never reads and which is removed at open and by
 `prune` once its writer's lock is gone.
 
-Verification trade-off: the first `get` of an entry hashes every file in full and
-records a stamp of (size, mtime_ns, ctime_ns, inode, device); later hits compare
-`stat` only. The ctime is set by the kernel on any write, truncate, chmod, utime or
+Derived files: what depends only on the clip's pixels and some settings (the preview
+GIF and the thumbnail) is stored in the entry beside the clip, named by those settings,
+so a hit links or clones them too and runs no ffmpeg. `put` takes them with the clip;
+`add` puts more into an existing entry (an entry stored before, or with other settings):
+the entry is assembled anew (the existing files hard-linked in) and swapped in whole.
+
+Verification trade-off: `put` hashes every file as it lands in the cache and records a
+stamp of (size, mtime_ns, ctime_ns, inode, device) for each; every hit compares `stat`
+only, and hashes in full a file whose stamp no longer matches (or that has none). The ctime is set by the kernel on any write, truncate, chmod, utime or
 link, and cannot be set back by a user, so an in-place edit (even one that restores
 size and mtime) forces a full re-hash on the next hit. What a stat-only hit cannot
 catch is silent media corruption (bit rot) after the first verification; the
@@ -102,6 +110,11 @@ class CacheEntry:
     sha256: str
     created: float
     meta: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # every file: name -> {size, sha256}
+
+    def has(self, name: str) -> bool:
+        """Whether the entry holds `name` (the clip, or a derived file such as a preview)."""
+        return name in self.files
 
 
 @dataclass(frozen=True)
@@ -176,45 +189,74 @@ class ResultCache:
         self._count(hits=1)
         return entry
 
-    def put(self, key: str, video: Path, meta: Mapping[str, Any] | None = None, *, link: bool = False) -> CacheEntry:
+    def put(self, key: str, video: Path, meta: Mapping[str, Any] | None = None, *, link: bool = False,
+            extras: Mapping[str, Path] | None = None) -> CacheEntry:
         """Store `video` (the clip before post-processing) under `key`, replacing any entry.
 
         By default the bytes are cloned (copy-on-write) or copied in, so the caller's
         file stays editable without touching the cache. `link=True` hard-links the
         caller's file instead (no copy) and makes it read-only (0o444) for both.
-        Runs LRU eviction afterwards; the new entry itself is never evicted by its own put.
+        `extras`: derived files stored with it, by their names in the entry (`key.derived_name`),
+        always cloned or copied in. Every file is hashed as it lands and stamped, so the next
+        hits read no file through. Runs LRU eviction afterwards; the new entry itself is never
+        evicted by its own put.
         """
         _check_key(key)
         meta = dict(meta or {})
         json.dumps(meta, allow_nan=False)  # fail before any work if meta is not JSON
+        extras = {name: Path(path) for name, path in (extras or {}).items()}
+        for name in extras:
+            _check_name(name)
         with self._staging() as tmp:
-            dst = tmp / VIDEO
-            size, digest = _ingest(Path(video), dst, link=link)
-            os.chmod(dst, 0o444)
-            fsutil.fsync_path(dst)
+            size, digest = _ingest(Path(video), tmp / VIDEO, link=link)
+            files: dict[str, dict[str, Any]] = {VIDEO: {"size": size, "sha256": digest}}
+            for name, path in extras.items():
+                size, digest = _ingest(path, tmp / name, link=False)
+                files[name] = {"size": size, "sha256": digest}
             created = float(self.clock())
-            manifest: dict[str, Any] = {
-                "schema": MANIFEST_SCHEMA,
-                "key": key,
-                "created": created,
-                "files": {VIDEO: {"size": size, "sha256": digest}},
-                "meta": meta,
-            }
-            manifest["checksum"] = _manifest_checksum(manifest)
-            fsutil.write_new(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
-            fsutil.write_new(tmp / USED, b"", mode=0o644)
-            fsutil.write_new(tmp / VERIFIED, b"", mode=0o644)  # stamps, filled in by the first get
-            ns = _ns(created)
-            os.utime(tmp / USED, ns=(ns, ns))
-            fsutil.fsync_path(tmp)
+            self._assemble(tmp, key, files, meta, created)
             final = self._entry_dir(key)
             final.parent.mkdir(exist_ok=True)
             self._install(tmp, final)
         self._evict(protect=key)
-        return CacheEntry(key, final, final / VIDEO, size, digest, created, meta)
+        return self._entry(key, final, files, meta, created)
 
-    def deliver(self, entry: CacheEntry, dest: Path, *, allow_hardlink: bool = True, fsync: bool = False) -> str:
-        """Put the cached clip at `dest` (which must not exist); returns "clone", "hardlink" or "copy".
+    def add(self, entry: CacheEntry, extras: Mapping[str, Path], meta: Mapping[str, Any] | None = None) -> CacheEntry:
+        """Store derived files (`extras`, by name) in an entry `get` returned, and merge `meta` into its meta.
+
+        The entry is assembled anew in .tmp (its files hard-linked in, or copied where links
+        cannot be made), and swapped in whole: a reader sees the old entry or the new one.
+        Raises FileNotFoundError when the entry was replaced or removed since `get` (nothing
+        is stored then). Returns the new entry.
+        """
+        merged = {**entry.meta, **(meta or {})}
+        json.dumps(merged, allow_nan=False)
+        extras = {name: Path(path) for name, path in extras.items()}
+        for name in extras:
+            _check_name(name)
+        final = self._entry_dir(entry.key)
+        with self._staging() as tmp:
+            files: dict[str, dict[str, Any]] = {}
+            for name, info in entry.files.items():
+                if name not in extras:
+                    _carry(entry.path / name, tmp / name, info)
+                    files[name] = dict(info)
+            for name, path in extras.items():
+                size, digest = _ingest(path, tmp / name, link=False)
+                files[name] = {"size": size, "sha256": digest}
+            stamps = self._assemble(tmp, entry.key, files, merged, entry.created)
+            if not self._still(final, entry):
+                raise FileNotFoundError(errno.ENOENT, "cache entry replaced or removed since get", str(final))
+            self._install(tmp, final)
+            fsutil.remove_tree(tmp)  # the old entry: its names go now, before the stamps are made good again
+        self._restamp(final, stamps)  # removing the old names moved the shared files' ctime
+        self._evict(protect=entry.key)
+        return self._entry(entry.key, final, files, merged, entry.created)
+
+    def deliver(self, entry: CacheEntry, dest: Path, *, name: str = VIDEO, allow_hardlink: bool = True,
+                fsync: bool = False) -> str:
+        """Put the cached file `name` (the clip by default) at `dest` (which must not exist); returns "clone",
+        "hardlink" or "copy".
 
         No delivered file can change the cache's bytes: a clone or a copy is an
         independent file (mode 0o644 less the umask); a hard link is made only when
@@ -223,18 +265,38 @@ class ResultCache:
         Raises FileNotFoundError when the entry vanished since `get` (evicted or
         replaced by another process): treat that as a miss.
         """
-        src = Path(entry.video)
-        dest = Path(dest)
-        if os.path.lexists(dest):
-            raise FileExistsError(errno.EEXIST, "destination exists", str(dest))
-        if fsutil.clone(src, dest):
-            return "clone"
-        if allow_hardlink:
-            method = self._hardlink(entry, src, dest)
-            if method:
-                return method
-        fsutil.copy_file(src, dest, durable=fsync)
-        return "copy"
+        return self.deliver_many(entry, {name: dest}, allow_hardlink=allow_hardlink, fsync=fsync)[name]
+
+    def deliver_many(self, entry: CacheEntry, targets: Mapping[str, Path], *, allow_hardlink: bool = True,
+                     fsync: bool = False) -> dict[str, str]:
+        """`deliver` for several of the entry's files at once ({name: dest}): one stamp update for all the links.
+
+        On an error the files already delivered stay where they are (the caller's staging folder).
+        """
+        methods: dict[str, str] = {}
+        linked: dict[str, os.stat_result] = {}
+        try:
+            for name, dest in targets.items():
+                if name not in entry.files:
+                    raise KeyError(f"the cache entry holds no {name!r}")
+                src, dest = entry.path / name, Path(dest)
+                if os.path.lexists(dest):
+                    raise FileExistsError(errno.EEXIST, "destination exists", str(dest))
+                if fsutil.clone(src, dest):
+                    methods[name] = "clone"
+                    continue
+                if allow_hardlink:
+                    before = _hardlink(src, dest)
+                    if before is not None:
+                        linked[name] = before
+                        methods[name] = "hardlink"
+                        continue
+                fsutil.copy_file(src, dest, durable=fsync)
+                methods[name] = "copy"
+        finally:
+            if linked:
+                self._restamp_after_links(entry, linked)
+        return methods
 
     def prune(self) -> PruneResult:
         """Remove abandoned puts and evict least-recently-used entries above max_bytes."""
@@ -312,15 +374,14 @@ class ResultCache:
         video = files.get(VIDEO)
         if video is None:
             raise _Corrupt(f"manifest lists no {VIDEO}")
-        return CacheEntry(
-            key=key,
-            path=path,
-            video=path / VIDEO,
-            size=video["size"],
-            sha256=video["sha256"],
-            created=float(manifest["created"]),
-            meta=manifest["meta"],
-        )
+        return self._entry(key, path, files, manifest["meta"], float(manifest["created"]))
+
+    @staticmethod
+    def _entry(key: str, path: Path, files: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any],
+               created: float) -> CacheEntry:
+        video = files[VIDEO]
+        return CacheEntry(key=key, path=path, video=path / VIDEO, size=video["size"], sha256=video["sha256"],
+                          created=created, meta=meta, files={n: dict(i) for n, i in files.items()})
 
     def _read_stamps(self, dfd: int) -> dict[str, list]:
         try:
@@ -335,42 +396,48 @@ class ResultCache:
         except OSError as e:  # a read-only cache still serves; it just re-hashes next time
             log.debug("cache stamp not written", error=str(e))
 
-    def _hardlink(self, entry: CacheEntry, src: Path, dest: Path) -> str | None:
-        try:
-            before = os.stat(src, follow_symlinks=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "cache entry vanished since get", str(src)) from None
-        if before.st_mode & 0o222:
-            return None  # writable: a link would let the outbox edit the cache
-        try:
-            os.link(src, dest, follow_symlinks=False)
-        except OSError as e:
-            if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                return None
-            raise
-        self._restamp_after_link(entry, src, before)
-        return "hardlink"
-
-    def _restamp_after_link(self, entry: CacheEntry, src: Path, before: os.stat_result) -> None:
-        """Our own link changed the ctime; keep the stamp if nothing else changed."""
+    def _restamp_after_links(self, entry: CacheEntry, linked: Mapping[str, os.stat_result]) -> None:
+        """Our own links changed the files' ctime; keep each stamp if nothing else changed."""
         try:
             dfd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             return
         try:
             stamps = self._read_stamps(dfd)
-            if stamps.get(VIDEO) != _stamp(before, entry.sha256):
-                return
-            after = os.stat(src, follow_symlinks=False)
-            same = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev) == (
-                before.st_size,
-                before.st_mtime_ns,
-                before.st_ino,
-                before.st_dev,
-            )
-            if same and after.st_nlink == before.st_nlink + 1:
-                stamps[VIDEO] = _stamp(after, entry.sha256)
+            changed = False
+            for name, before in linked.items():
+                sha = entry.files[name]["sha256"]
+                if stamps.get(name) != _stamp(before, sha):
+                    continue
+                try:
+                    after = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if _same_bytes(after, before) and after.st_nlink == before.st_nlink + 1:
+                    stamps[name] = _stamp(after, sha)
+                    changed = True
+            if changed:
                 self._write_stamps(dfd, stamps)
+        finally:
+            os.close(dfd)
+
+    def _restamp(self, path: Path, stamps: Mapping[str, list]) -> None:
+        """After our own link changes (no byte written): stamps made before them, made good for the new ctime."""
+        try:
+            dfd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        try:
+            current = self._read_stamps(dfd)
+            for name, old in stamps.items():
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if current.get(name) == old and [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev] == \
+                        [old[0], old[1], old[3], old[4]]:
+                    current[name] = _stamp(st, old[5])
+            self._write_stamps(dfd, current)
         finally:
             os.close(dfd)
 
@@ -408,6 +475,41 @@ class ResultCache:
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
             os.close(lfd)
+
+    def _assemble(self, tmp: Path, key: str, files: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any],
+                  created: float) -> dict[str, list]:
+        """Finish an entry in `tmp` whose files are in place: read-only and flushed, then stamped (their hashes
+        were taken as they landed), the manifest last; returns the stamps."""
+        stamps: dict[str, list] = {}
+        for name, info in files.items():
+            os.chmod(tmp / name, 0o444)
+            fsutil.fsync_path(tmp / name)
+            stamps[name] = _stamp(os.stat(tmp / name, follow_symlinks=False), info["sha256"])
+        manifest: dict[str, Any] = {
+            "schema": MANIFEST_SCHEMA,
+            "key": key,
+            "created": created,
+            "files": {name: {"size": info["size"], "sha256": info["sha256"]} for name, info in files.items()},
+            "meta": dict(meta),
+        }
+        manifest["checksum"] = _manifest_checksum(manifest)
+        fsutil.write_new(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
+        # Neither needs to survive a power loss: a lost last use is an older one, lost stamps mean a re-hash.
+        _write_small(tmp / USED, b"")
+        _write_small(tmp / VERIFIED, json.dumps(stamps).encode())
+        ns = _ns(self.clock())
+        os.utime(tmp / USED, ns=(ns, ns))
+        fsutil.fsync_path(tmp)
+        return stamps
+
+    def _still(self, final: Path, entry: CacheEntry) -> bool:
+        """Whether the entry at `final` is still the one `entry` describes (not replaced or removed)."""
+        try:
+            manifest = json.loads((final / MANIFEST).read_bytes())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(manifest, dict) and manifest.get("created") == entry.created
+                and (manifest.get("files") or {}).get(VIDEO, {}).get("sha256") == entry.sha256)
 
     def _install(self, tmp: Path, final: Path) -> None:
         """Rename the assembled entry into place; swap atomically with an existing one."""
@@ -626,8 +728,52 @@ def _parse_counters(raw: bytes) -> dict[str, int]:
     return out
 
 
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in (VIDEO, MANIFEST, USED, VERIFIED):
+        raise ValueError(f"not a name for a derived file in a cache entry: {name!r}")
 
 
+def _write_small(path: Path, data: bytes) -> None:
+    """A new small file, not flushed (for what may be lost in a power loss)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _hardlink(src: Path, dest: Path) -> os.stat_result | None:
+    """Hard-link a read-only cache file to `dest`; its stat before the link, or None where a link is not right."""
+    try:
+        before = os.stat(src, follow_symlinks=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "cache entry vanished since get", str(src)) from None
+    if before.st_mode & 0o222:
+        return None  # writable: a link would let the outbox edit the cache
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            return None
+        raise
+    return before
+
+
+def _carry(src: Path, dst: Path, info: Mapping[str, Any]) -> None:
+    """A file of a verified entry into a new one: a hard link (no bytes read), else a copy checked against its hash."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+    size, digest = _ingest(src, dst, link=False)
+    if (size, digest) != (info["size"], info["sha256"]):
+        raise OSError(errno.EIO, f"{src.name} changed while it was being copied", str(src))
+
+
+def _same_bytes(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_dev)
 
 
 def _stamp(st: os.stat_result, sha256: str) -> list:
@@ -642,20 +788,6 @@ def _read_at(dfd: int, name: str) -> bytes:
     fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
     with os.fdopen(fd, "rb") as f:
         return f.read()
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _ingest(src: Path, dst: Path, *, link: bool) -> tuple[int, str]:
@@ -689,21 +821,6 @@ def _ingest(src: Path, dst: Path, *, link: bool) -> tuple[int, str]:
                 written += fout.write(view[written:n])
             size += n
     return size, h.hexdigest()
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _writer_alive(temp_name: str) -> bool:

@@ -1,15 +1,20 @@
 """The daemon: watch the inbox, claim settled jobs, run them one at a time on a resident model.
 
 Threads, each with one kind of work, so that nothing slow ever stalls the scan:
-- main: the scan (woken by file events, and on a timer because events are only hints),
-  settle and claim (one rename and a small journal write), the heartbeat (status.json),
-  cancels of queued jobs, a full disk's pause and resume. Signal handlers only set flags.
+- main: the scan (woken by file events, which also start each file's settle clock, at
+  the moment the earliest settling file is due, and every `rescan_seconds` because events
+  are only hints), settle and claim (one rename and a small journal write), the heartbeat
+  (status.json every HEARTBEAT_S, on its own timer), status.json and the gallery as jobs
+  move (coalesced: at most every STATUS_EVERY_S and GALLERY_EVERY_S, and at once when
+  idle), cancels of queued jobs, a full disk's pause and resume. Signal handlers only set flags.
 - admit: parses each claimed job (bounded by max_prompt_bytes) and queues it; invalid
   jobs fail at once.
 - check (CHECK_THREADS): the attachment checks of jobs that name an image or a voice-over
   (ffmpeg reads each file through, at most PROBE_TIMEOUT_S), so a slow file delays only its job.
 - worker: owns the backend, keeps the model loaded between jobs, and runs the queue by
   priority, then arrival.
+- retire: flushes each delivered result to the disk, then removes its job's folder from
+  processing/ (the input is the record of a job until its result is safe), off the worker's way.
 
 A job that kills the process (out of memory, a crash in native code, power loss) is
 known at the next start from its journal: each attempt is recorded before the risky
@@ -61,6 +66,9 @@ RESERVE_NAME = ".hotfolder.reserve"
 RESERVE_BYTES = 1024 * 1024  # kept in hand on the root's disk, given back when it fills
 RESUME_FREE_BYTES = 256 * 1024 * 1024  # a paused daemon resumes with this free (at most a tenth of the disk)
 MAX_PAUSED_TRIES = 3  # a job that meets a full disk this often fails like any other error (the disk may be another)
+STATUS_EVERY_S = 0.25  # status.json follows the running job at most this often (progress.json at every stage)
+GALLERY_EVERY_S = 1.0  # outbox/index.html is rewritten at most this often while jobs run, and at once when idle
+RETIRE_EVERY_S = 2.0  # delivered results are flushed to the disk together, at most this often (then their inputs go)
 # The stages of a running job, in order, and how each reads. The journal records the risky ones
 # (the model's work, in this process) before they begin; "starting" is the cache lookup.
 STAGES = {"queued": "queued", "starting": "checking the cache", "loading": "loading the model",
@@ -130,17 +138,26 @@ class Daemon:
         self._stop_at: float | None = None  # monotonic time of the stop signal
         self._said: dict[str, str] = {}  # the last error logged per place, so a lasting one is said once
         self.producer = Producer(config, self.spool, self.provider, self.stop)
+        self._changes: Any = None  # the watcher's Changes: paths file events named, with their times
+        self._status_at = float("-inf")  # monotonic time of the last status.json write
+        self._status_dirty = False  # something changed since: written by the scan thread at STATUS_EVERY_S
+        self._gallery_at = float("-inf")
+        self._gallery_dirty = False
+        self._retire_queue: queues.SimpleQueue[Job | None] = queues.SimpleQueue()
+        self._retiring: set[str] = set()  # delivered jobs whose folders wait for their results to be flushed
+        self._retirer: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------
     def run(self) -> int:
         """Serve until stopped (or, with once, until the inbox is empty). Returns the exit code."""
-        from hotfolder.folders.watch import InboxWatcher
+        from hotfolder.folders.watch import Changes, InboxWatcher
 
         lock = self._open_root()
         self._install_signals()
-        watcher = InboxWatcher(self.config.inbox, self.wake, polling=self.config.polling)
+        self._changes = Changes()
+        watcher = InboxWatcher(self.config.inbox, self.wake, polling=self.config.polling, changes=self._changes)
         try:
-            self._write_status()  # at once: what a dead daemon left never shows its job as running
+            self._write_status(now=True)  # at once: what a dead daemon left never shows its job as running
             self._write_gallery()
             self.log.info(
                 "daemon started",
@@ -190,6 +207,8 @@ class Daemon:
         threading.Thread(target=self._admit_loop, name="hotfolder-admit", daemon=True).start()
         for n in range(CHECK_THREADS):
             threading.Thread(target=self._check_loop, name=f"hotfolder-check-{n + 1}", daemon=True).start()
+        self._retirer = threading.Thread(target=self._retire_loop, name="hotfolder-retire", daemon=True)
+        self._retirer.start()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -228,12 +247,18 @@ class Daemon:
             self._check_queue.put(None)
         self._wait_for_worker(stop_at)
         stuck = self._worker is not None and self._worker.is_alive()
+        self._retire_queue.put(None)  # delivered results still to flush: their job folders go after
+        if self._retirer is not None:
+            self._retirer.join(timeout=max(0.0, stop_at + STOP_PROMISE_S - 2.5 - time.monotonic()) if signalled
+                               else 600.0)
         watcher.stop(timeout=max(0.0, min(2.0, stop_at + STOP_PROMISE_S - 1.5 - time.monotonic())))
         if stuck:
             self._leave_running_job(wait_s=0.5)
         elif not signalled:
             self.provider.close()
-        self._write_status(state="stopped")
+        if self._gallery_dirty:
+            self._flush_gallery(force=True)
+        self._write_status(state="stopped", now=True)
         lock.release()
         self.log.info("daemon stopped", delivered=self.delivered, failed=self.failures)
         if signalled or stuck:
@@ -270,37 +295,55 @@ class Daemon:
                           "at the next start", job_id=run.eid, stage=run.stage)
 
     def _scan_loop(self, watcher: Any) -> None:
-        last_status = last_sweep = 0.0
+        """Scan when the inbox changed (a file event), when a settling file is due, and every rescan_seconds
+        (events are hints: the rescan finds what they missed); the heartbeat, status.json, the gallery and the
+        cancels of queued jobs each on their own timer. Sleeps until the earliest of them."""
+        rescan, sweep_every = self.config.rescan_seconds, min(self.config.rescan_seconds, HEARTBEAT_S)
+        last_scan = last_beat = last_sweep = float("-inf")
+        due: float | None = None  # when a settling (or waiting) file may be ready
+        candidates: list[Candidate] = []
         while not self.stop.is_set():
             self.wake.clear()
-            if self._paused:
-                self._try_resume()
-            candidates = self.spool.inbox.scan()
-            ready, settling = self.spool.inbox.settled(candidates)
-            if not self._paused:
-                arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
-                for arrival in arrivals:
-                    if self.stop.is_set() or self._paused:
-                        break
-                    self._take(arrival)
-                    if time.monotonic() - last_status >= HEARTBEAT_S:  # a burst of claims never stales it
-                        self._write_status()
-                        last_status = time.monotonic()
+            paths, changed = self._changes.drain() if self._changes is not None else ({}, False)
+            for path, when in paths.items():
+                self.spool.inbox.note(path, when)
+            resumed = self._try_resume() if self._paused else False
             now = time.monotonic()
-            if now - last_sweep >= min(self.config.rescan_seconds, HEARTBEAT_S):
+            if changed or resumed or self.once or now - last_scan >= rescan or (due is not None and now >= due):
+                last_scan = now
+                candidates = self.spool.inbox.scan()
+                ready, _ = self.spool.inbox.settled(candidates)
+                if not self._paused:
+                    arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
+                    for arrival in arrivals:
+                        if self.stop.is_set() or self._paused:
+                            break
+                        self._take(arrival)
+                        if time.monotonic() - last_beat >= HEARTBEAT_S:  # a burst of claims never stales it
+                            self._write_status(now=True)
+                            last_beat = time.monotonic()
+                due = self.spool.inbox.next_due()
+            now = time.monotonic()
+            if now - last_sweep >= sweep_every:
                 self._sweep_cancels()
                 last_sweep = now
-            if now - last_status >= HEARTBEAT_S:
+            if now - last_beat >= HEARTBEAT_S:
                 self._keep_folders()
                 watcher.ensure_alive()
-                self._write_status()
-                last_status = now
+                self._write_status(now=True)
+                last_beat = now
+            elif self._status_dirty and now - self._status_at >= STATUS_EVERY_S:
+                self._write_status(now=True)
+            gallery_due = self._flush_gallery()
             if self.once and not candidates and self._idle():
                 break
-            timeout = max(0.05, self.config.settle_seconds / 4) if settling else self.config.rescan_seconds
+            wake_at = [last_scan + rescan, last_sweep + sweep_every, last_beat + HEARTBEAT_S]
+            wake_at += [t for t in (due, gallery_due) if t is not None]
+            if self._status_dirty:
+                wake_at.append(self._status_at + STATUS_EVERY_S)
             if self.once or self._paused:
-                timeout = min(timeout, 0.25 if self.once else 1.0)
-            self.wake.wait(min(timeout, HEARTBEAT_S))
+                wake_at.append(now + (0.25 if self.once else 1.0))
+            self.wake.wait(max(0.0, min(wake_at) - time.monotonic()))
 
     def _idle(self) -> bool:
         """Nothing claimed is waiting for admission, for its turn or for space: what --once waits for."""
@@ -408,7 +451,10 @@ class Daemon:
         """The job's entries (saved at its first admission, or parsed now); None when its files need checks."""
         saved = job.folder / "specs.json"
         if saved.is_file():
-            return [JobSpec(**{**d, "adjustments": tuple(d["adjustments"])}) for d in read_json(saved)]
+            try:
+                return [JobSpec(**{**d, "adjustments": tuple(d["adjustments"])}) for d in read_json(saved)]
+            except (OSError, ValueError, TypeError, KeyError):
+                pass  # torn by a power loss (it is not flushed): parsed again below
         path = job.input_path
         label = job.source
         if path.is_symlink():
@@ -434,7 +480,8 @@ class Daemon:
 
     def _check(self, job: Job, specs: list[JobSpec]) -> list[JobSpec]:
         specs = attachments.check_job(specs, job.base, self.config, label=job.source, loose=not job.input_path.is_dir())
-        write_json_atomic(job.folder / "specs.json", [asdict(s) for s in specs])
+        # Not flushed: a parse saved for the next start; lost or torn by a power loss, the job is parsed again.
+        write_json_atomic(job.folder / "specs.json", [asdict(s) for s in specs], durable=False)
         return specs
 
     def _queue_job(self, job: Job, specs: list[JobSpec]) -> None:
@@ -452,7 +499,7 @@ class Daemon:
                 if len(specs) == 1:
                     return
         if all(str(i) in job.done for i in range(len(specs))):
-            self.spool.finish(job)
+            self._retire(job)  # delivered before a crash: its results are flushed before its folder goes
             self._write_status()
             return
         with contextlib.suppress(OSError):  # before it is queued: never over a running job's progress
@@ -503,6 +550,53 @@ class Daemon:
             except Exception as e:
                 self._set_aside(job, e, "cancelling it")
 
+    # -- retiring delivered jobs --------------------------------------
+    def _retire(self, job: Job) -> None:
+        """A job whose entries are all delivered (or failed): flush its results, then remove its folder."""
+        with self._lock:
+            self._retiring.add(job.job_id)
+        self._retire_queue.put(job)
+
+    def _retire_loop(self) -> None:
+        """Takes whatever waits, flushes those results to the disk together, then removes their job folders.
+
+        Until a result is on the disk its job's input stays in processing/: a power loss before then finds the
+        job there at the next start (delivered, by its journal and the result's marker) and flushes it again.
+        """
+        last = float("-inf")
+        while True:
+            batch = [self._retire_queue.get()]
+            if batch[0] is not None:  # while jobs keep coming, flush at most every RETIRE_EVERY_S: one for many
+                self.stop.wait(max(0.0, last + RETIRE_EVERY_S - time.monotonic()))
+            last = time.monotonic()
+            while True:
+                try:
+                    batch.append(self._retire_queue.get_nowait())
+                except queues.Empty:
+                    break
+            jobs = [job for job in batch if job is not None]
+            if jobs:
+                try:
+                    self._flush_results(jobs)
+                except Exception as e:  # the job stays in processing/; the next start retires it
+                    self.log.error("could not flush the results to the disk", error=_one_line(e))
+                else:
+                    for job in jobs:
+                        crash_point("finishing")
+                        self.spool.finish(job)
+                with self._lock:
+                    self._retiring.difference_update(job.job_id for job in jobs)
+            if None in batch:
+                return
+
+    def _flush_results(self, jobs: list[Job]) -> None:
+        folders = [self.config.outbox / name for job in jobs for name in job.done.values()
+                   if not name.startswith("failed:")]
+        if folders:
+            fsutil.sync_filesystem(self.config.outbox, folders)
+            with contextlib.suppress(OSError):
+                fsutil.fsync_path(self.config.outbox)
+
     # -- the worker ---------------------------------------------------
     def _work(self) -> None:
         idle_after = self.config.idle_unload_minutes * 60 or None
@@ -547,8 +641,7 @@ class Daemon:
                 if finished:
                     self.jobs.pop(job.job_id, None)
         if finished:
-            crash_point("finishing")
-            self.spool.finish(job)
+            self._retire(job)
 
     def _run_entry(self, job: Job, item: QueueItem, specs: list[JobSpec]) -> None:
         index, spec = item.index, specs[item.index]
@@ -693,34 +786,36 @@ class Daemon:
             self.log.warning("disk full: claiming and jobs are paused until there is space again; nothing is lost",
                              doing=doing, error=_one_line(e), root=str(self.config.root), status=text)
         if status:
-            self._write_status()
+            self._write_status(now=True)
 
     def _pause_text(self) -> str:
         free, need = self._free(), self._resume_need()
         return (f"disk full: {_size(free)} free on the disk of {self.config.root}; claiming and jobs wait, "
                 f"and go on by themselves once {_size(need)} are free")
 
-    def _try_resume(self) -> None:
+    def _try_resume(self) -> bool:
+        """Resume once there is space again (True then)."""
         free, need = self._free(), self._resume_need()
         if free < need:
             text = self._pause_text()
             with self._lock:
                 changed, self._paused = self._paused != text, text
             if changed:
-                self._write_status()
-            return
+                self._write_status(now=True)
+            return False
         if self._reserve.make() is not None:
-            return
+            return False
         with self._lock:
             self._paused = None
             self._resumed.set()
         self.log.info("disk space is back: resuming", free=_size(free), root=str(self.config.root))
         with self._lock:
-            known = set(self.jobs) | self._admitting | ({self._current} if self._current else set())
+            known = set(self.jobs) | self._admitting | self._retiring | ({self._current} if self._current else set())
         for job in self.spool.recover(skip=known):  # jobs set aside while the disk was full
             self.log.info("taken up again now that there is space", job_id=job.job_id, source=job.source)
             self._admit(job)
-        self._write_status()
+        self._write_status(now=True)
+        return True
 
     def _free(self) -> int:
         try:
@@ -811,7 +906,22 @@ class Daemon:
                                     "finished": iso(time.time())})
             del self._recent[20:]
         self._write_status()
+        self._gallery_dirty = True  # rewritten by the scan thread: at most every GALLERY_EVERY_S, at once when idle
+        self.wake.set()
+
+    def _flush_gallery(self, *, force: bool = False) -> float | None:
+        """Rewrite the gallery if a result came since, unless it was rewritten less than GALLERY_EVERY_S ago and
+        jobs are still running (the last rewrite is never skipped: at idle it comes at once); returns when it is
+        due when it had to wait."""
+        if not self._gallery_dirty:
+            return None
+        now = time.monotonic()
+        if not force and now - self._gallery_at < GALLERY_EVERY_S and self.queue.pending():
+            return self._gallery_at + GALLERY_EVERY_S
+        self._gallery_dirty = False
+        self._gallery_at = now
         self._write_gallery()
+        return None
 
     def _write_gallery(self) -> None:
         """outbox/index.html, after each delivery and failure and at start: never a job's problem."""
@@ -848,7 +958,17 @@ class Daemon:
             "recent": self._recent,
         }
 
-    def _write_status(self, state: str = "running") -> None:
+    def _write_status(self, state: str = "running", *, now: bool = False) -> None:
+        """status.json (and the gallery's status script), at once with `now` (the heartbeat, start, stop, a
+        pause); else marked for the scan thread, which writes it at most every STATUS_EVERY_S: the worker never
+        waits for it, and a burst of changes is one write."""
+        if not now and state == "running":
+            self._status_dirty = True
+            self.wake.set()
+            return
+        with self._lock:
+            self._status_dirty = False
+            self._status_at = time.monotonic()
         for first in (True, False):
             with self._lock:
                 try:

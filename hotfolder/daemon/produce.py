@@ -4,12 +4,19 @@ Everything is written into the job's staging folder inside processing/ and the
 finished folder moves into the outbox with one rename, so no one ever sees a
 half-written result. The daemon decides what runs when; this module decides what
 one entry's result holds.
+
+The GIF and the thumbnail depend only on the clip's pixels and their settings (size,
+length, the description in the JPEG's EXIF), so they are made once, from the frames
+the backend returned (no decode), and stored in the cache entry beside the clip under
+a name made from those settings: a hit links or clones all three and runs no ffmpeg.
+Only a voice-over or narration (never in the key) makes a hit do media work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 import shutil
@@ -22,15 +29,16 @@ from typing import Any, Callable
 
 from hotfolder import __version__, gallery, log
 from hotfolder.backends import OnStep
-from hotfolder.cache import ResultCache, cache_key, model_identity, reads_cache, writes_cache
+from hotfolder.cache import VIDEO, CacheEntry, ResultCache, cache_key, derived_name, model_identity, reads_cache, \
+    writes_cache
 from hotfolder.config import Config, ModelInfo
 from hotfolder.daemon.provider import Provider
 from hotfolder.errors import Interrupted, JobInvalid, Problem
 from hotfolder.folders.spool import Job, Spool, crash_point
-from hotfolder.fsutil import write_json_atomic
 from hotfolder.job import attachments
 from hotfolder.job.names import RESULT_NAME_MAX_BYTES, fit_name
 from hotfolder.job.spec import JobSpec
+from hotfolder.media import ffmpeg as previews
 from hotfolder.media.fit import describe_image_fit
 
 # Distributions whose versions go into every result's metadata (read without importing them).
@@ -62,10 +70,13 @@ class Timings:
     finished: float = 0.0
     load_s: float = 0.0
     generate_s: float = 0.0
-    encode_s: float = 0.0
+    encode_s: float = 0.0  # all media work: the MP4, the previews, the soundtrack
+    cache_s: float = 0.0  # a hit: looking up the entry and linking (or cloning) its files
+    previews_s: float = 0.0  # making the GIF and the thumbnail (a hit: only those the cache lacked)
+    soundtrack_s: float = 0.0  # a voice-over or narration mixed in (a hit too: that is real work)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "queued": iso(self.queued),
             "started": iso(self.started),
             "finished": iso(self.finished),
@@ -75,6 +86,10 @@ class Timings:
             "total_s": round(self.finished - self.started, 3),
             "wait_s": round(self.started - self.queued, 3),
         }
+        for name in ("cache_s", "previews_s", "soundtrack_s"):
+            if getattr(self, name):
+                out[name] = round(getattr(self, name), 3)
+        return out
 
 
 @dataclass
@@ -168,7 +183,9 @@ def write_metadata(
     if model.tiny:
         meta["warning"] = "tiny model: random weights, the video and sound are noise (for tests and the demo)"
     path = folder / f"{spec.name}.json"
-    write_json_atomic(path, meta)
+    # Straight into the stage, which no one reads before the folder's one rename into the outbox; flushed with
+    # the whole result before the job's input goes (Daemon._retire).
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return path
 
 
@@ -177,7 +194,8 @@ class Report:
     """How a production tells the daemon where it is: `stage("generating")`, and each denoising step.
 
     Stages, in order: "loading" (the model), "generating" (then each step through `on_step`),
-    "encoding", "delivering"; a cache hit goes straight to "encoding".
+    "encoding", "delivering"; a cache hit goes to "encoding" only when it has media work (a
+    voice-over or narration to mix, a preview its entry lacks), else straight to "delivering".
     """
 
     stage: Callable[[str], None]
@@ -222,8 +240,6 @@ class Producer:
         `report.stage` is told each stage as it begins (see `Report`); `report.on_step` is
         the backend's per-step callback (progress, stop and cancel checks).
         """
-        from hotfolder import media
-
         model = self.config.model_info(spec.model)
         if model is None:
             raise JobInvalid(job.source, [Problem(f"model {spec.model!r} is no longer in the model table")])
@@ -233,34 +249,42 @@ class Producer:
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
         mp4 = stage / f"{spec.name}.mp4"
+        wanted = _previews(spec, model, stage)
 
-        # 1. The cache, before the model is touched: a hit never loads (or imports) the backend.
+        # 1. The cache, before the model is touched: a hit never loads (or imports) the backend, nor runs ffmpeg.
         image = attachments.resolve("image.file", spec.image, job.base, label=job.source) if spec.image else None
-        key = cache_key(spec, model, model_identity=self._identity(model, spec.backend), **_conditioning(spec))
-        outcome = self._from_cache(key, spec, model, mp4)
-        if outcome is None:
-            outcome = self._generate(spec, model, mp4, timings, image, report)
+        key = None  # cache = false: neither read nor written, so not even keyed
+        if reads_cache(spec) or writes_cache(spec):
+            key = cache_key(spec, model, model_identity=self._identity(model, spec.backend), **_conditioning(spec))
+        t0 = time.perf_counter()
+        hit = self._from_cache(key, spec, model, mp4, wanted) if key else None
+        if hit is None:
+            outcome = self._generate(spec, model, mp4, timings, image, report, wanted)
             outcome.cache_key = key
-            if writes_cache(spec):
-                self._store(key, mp4, spec, model, outcome)
+            if key and writes_cache(spec):
+                self._store(key, mp4, spec, model, outcome, wanted)
+        else:
+            outcome, entry, missing = hit
+            timings.cache_s = time.perf_counter() - t0
+            if missing:  # an entry stored before (or with other settings): made once from the MP4, then kept
+                report.stage("encoding")
+                self._previews_from_video(mp4, missing, timings)
+                self._keep_previews(entry, missing)
 
         # 2. Post-processing: everything that is not in the cache key.
-        report.stage("encoding")
+        if spec.audio_file or spec.tts:
+            report.stage("encoding")  # a hit re-muxes too: real work, in its timings (soundtrack_s)
         t0 = time.perf_counter()
         used = self._soundtrack(job, spec, mp4, stage, outcome)
+        timings.soundtrack_s = time.perf_counter() - t0 if used else 0.0
+        timings.encode_s += timings.soundtrack_s
         if image is not None:
             used.insert(0, _image_record(spec, image))
         outputs: dict[str, str] = {"video": mp4.name}
-        if spec.gif:
-            media.make_gif(mp4, stage / f"{spec.name}.gif")
-            outputs["gif"] = f"{spec.name}.gif"
-            crash_point("mid_encode")
-        if spec.thumbnail:
-            media.make_thumbnail(mp4, stage / f"{spec.name}.jpg", description=gallery.describe(spec, model))
-            outputs["thumbnail"] = f"{spec.name}.jpg"
+        for preview in wanted:
+            outputs[preview.role] = preview.path.name
         outputs["job"] = copy_original(job, stage)
         _copy_attachments(job, stage)
-        timings.encode_s += time.perf_counter() - t0
         self.log.info("encoded", encode_s=round(timings.encode_s, 2))
 
         # 3. Metadata and log, then one rename into the outbox.
@@ -275,27 +299,29 @@ class Producer:
 
         def last_line(target: Path) -> None:
             """The result's log, ending with its own "delivered" line (written before the move, so it is whole)."""
-            staged_log.unlink(missing_ok=True)
-            if job.log_file.exists():
-                shutil.copy2(job.log_file, staged_log)
-            with open(staged_log, "a", encoding="utf-8") as f:
-                f.write(log.job_line("delivered", path=str(target / mp4.name)))
+            try:
+                lines = job.log_file.read_bytes()
+            except FileNotFoundError:
+                lines = b""
+            staged_log.write_bytes(lines + log.job_line("delivered", path=str(target / mp4.name)).encode("utf-8"))
 
         crash_point("staged")
         target = self.spool.deliver(job, index, stage, spec.name, before=last_line)
         self.log.info("delivered", path=str(target / mp4.name))
         return target / mp4.name
 
-    def _store(self, key: str, mp4: Path, spec: JobSpec, model: ModelInfo, outcome: Outcome) -> None:
-        """Keep the clip for identical requests. A cache that cannot take it (full, read-only) is logged;
-        the job goes on and is delivered (it is never generated again for that)."""
+    def _store(self, key: str, mp4: Path, spec: JobSpec, model: ModelInfo, outcome: Outcome,
+               wanted: list[_Preview]) -> None:
+        """Keep the clip, and the previews made from it, for identical requests. A cache that cannot take them
+        (full, read-only) is logged; the job goes on and is delivered (it is never generated again for that)."""
         cache = self.cache
         if cache is None:
             return
         try:
             cache.put(key, mp4, {"backend": outcome.backend, "device": outcome.device, "has_audio": outcome.has_audio,
                                  "seed": spec.seed, "model": model.name, "width": spec.width, "height": spec.height,
-                                 "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info})
+                                 "num_frames": spec.num_frames, "fps": spec.fps, "info": outcome.info},
+                      extras={p.cached: p.path for p in wanted})
         except OSError as e:
             self._cache_trouble("could not store the result in the cache; it is delivered anyway", e)
             return
@@ -303,7 +329,24 @@ class Producer:
         self.log.info("stored in cache", cache_key=key)
         crash_point("cached")
 
-    def _from_cache(self, key: str, spec: JobSpec, model: ModelInfo, mp4: Path) -> Outcome | None:
+    def _keep_previews(self, entry: CacheEntry, made: list[_Preview]) -> None:
+        """Previews made for a hit go into its entry, so the next hit links them too (never the job's problem)."""
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            cache.add(entry, {p.cached: p.path for p in made})
+        except FileNotFoundError:
+            return  # replaced or evicted meanwhile: the next hit makes them again
+        except OSError as e:
+            self._cache_trouble("could not store the previews in the cache; the result is delivered anyway", e)
+
+    def _from_cache(self, key: str, spec: JobSpec, model: ModelInfo, mp4: Path,
+                    wanted: list[_Preview]) -> tuple[Outcome, CacheEntry, list[_Preview]] | None:
+        """A hit: the clip and the previews the entry has, linked or cloned into the stage; None on a miss.
+
+        Returns the outcome, the entry and the previews it lacked (made by the caller from the MP4).
+        """
         if not reads_cache(spec):
             if spec.cache == "refresh":
                 self.log.info("cache refresh: regenerating", cache_key=key)
@@ -311,23 +354,41 @@ class Producer:
         cache = self.cache
         if cache is None:
             return None
+        targets = {VIDEO: mp4}
         try:
             entry = cache.get(key)
             if entry is None:
                 return None
-            how = cache.deliver(entry, mp4)
+            targets.update({p.cached: p.path for p in wanted if entry.has(p.cached)})
+            methods = cache.deliver_many(entry, targets)
         except FileNotFoundError:
-            mp4.unlink(missing_ok=True)
+            _remove(targets.values())
             return None  # evicted between get and deliver: a miss
         except OSError as e:
-            mp4.unlink(missing_ok=True)
+            _remove(targets.values())
             self._cache_trouble("could not read the cache: the job runs without it", e)
             return None
         meta = entry.meta
-        self.log.info("cache hit: the model was not used", cache_key=key, delivered_by=how)
-        return Outcome(backend=meta.get("backend", spec.backend), device=meta.get("device", "none"), model=model,
-                       cache_hit=True, cache_key=key, has_audio=bool(meta.get("has_audio")),
-                       info={**meta.get("info", {}), "cache_delivery": how})
+        how = methods[VIDEO]
+        missing = [p for p in wanted if p.cached not in methods]
+        self.log.info("cache hit: the model was not used", cache_key=key, delivered_by=how,
+                      previews="from the cache" if wanted and not missing else "made now" if missing else None)
+        outcome = Outcome(backend=meta.get("backend", spec.backend), device=meta.get("device", "none"), model=model,
+                          cache_hit=True, cache_key=key, has_audio=bool(meta.get("has_audio")),
+                          info={**meta.get("info", {}), "cache_delivery": how})
+        return outcome, entry, missing
+
+    def _previews_from_video(self, mp4: Path, wanted: list[_Preview], timings: Timings) -> None:
+        """The GIF and thumbnail from the MP4 (ffmpeg decodes it): for a cached clip stored without them."""
+        t0 = time.perf_counter()
+        for preview in wanted:
+            if preview.role == "gif":
+                previews.make_gif(mp4, preview.path)
+                crash_point("mid_encode")
+            else:
+                previews.make_thumbnail(mp4, preview.path, description=preview.description)
+        timings.previews_s = time.perf_counter() - t0
+        timings.encode_s += timings.previews_s
 
     def _soundtrack(self, job: Job, spec: JobSpec, mp4: Path, stage: Path, outcome: Outcome) -> list[dict[str, Any]]:
         """Voice-over, then narration, fitted to the video's length; returns what was used, for the metadata.
@@ -364,8 +425,9 @@ class Producer:
         return used
 
     def _generate(self, spec: JobSpec, model: ModelInfo, mp4: Path, timings: Timings, image: Path | None,
-                  report: Report) -> Outcome:
-        """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`.
+                  report: Report, wanted: list[_Preview]) -> Outcome:
+        """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`, and make the
+        previews from the frames in memory (no decode of the MP4).
 
         The backend gets the image's absolute path; the spec itself keeps it relative to the job.
         """
@@ -393,6 +455,14 @@ class Producer:
         t0 = time.perf_counter()
         media.encode_mp4(clip, mp4, tags=gallery.mp4_tags(spec, model), audio_rate=media.MIX_RATE)
         crash_point("encoded")
+        t1 = time.perf_counter()
+        for preview in wanted:
+            if preview.role == "gif":
+                previews.make_gif_from_frames(clip.frames, clip.fps, preview.path)
+                crash_point("mid_encode")
+            else:
+                previews.thumbnail_from_frame(clip.frames[0], preview.path, description=preview.description)
+        timings.previews_s = time.perf_counter() - t1
         timings.encode_s = time.perf_counter() - t0
         return Outcome(backend=backend.name, device=backend.device, model=model, has_audio=clip.audio is not None,
                        info=clip.info)
@@ -403,6 +473,35 @@ class Producer:
         if k not in self._identities:
             self._identities[k] = model_identity(model, backend)
         return self._identities[k]
+
+
+@dataclass(frozen=True)
+class _Preview:
+    """A preview the result holds: its role in `outputs`, its path in the stage, its name in a cache entry."""
+
+    role: str  # "gif" or "thumbnail"
+    path: Path
+    cached: str
+    description: str | None = None
+
+
+def _previews(spec: JobSpec, model: ModelInfo, stage: Path) -> list[_Preview]:
+    """The previews `spec` asks for, each named in the cache by the settings that make it (the thumbnail's
+    EXIF description, the prompt and seed, included: a cached thumbnail always describes its own request)."""
+    wanted = []
+    if spec.gif:
+        wanted.append(_Preview("gif", stage / f"{spec.name}.gif", derived_name("gif", "gif", previews.gif_settings())))
+    if spec.thumbnail:
+        about = gallery.describe(spec, model)
+        wanted.append(_Preview("thumbnail", stage / f"{spec.name}.jpg",
+                               derived_name("thumbnail", "jpg", previews.thumbnail_settings(description=about)),
+                               about))
+    return wanted
+
+
+def _remove(paths: Any) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
 
 
 def _conditioning(spec: JobSpec) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class JobQueue:
             idle_at = None if idle_after is None else self._clock() + idle_after
             while not self._closed:
                 now = self._clock()
+                if self._heap and self._heap[0].not_before <= now:  # the first in order is due: no search
+                    self._taken += 1
+                    return heapq.heappop(self._heap)
                 due = [i for i in self._heap if i.not_before <= now]
                 if due:
                     item = min(due)

@@ -2,7 +2,10 @@
 
 A file (or folder) is taken only after its size, newest mtime and entry count have
 stayed the same for `settle_seconds`, judged by what was observed, so a slow copy,
-a download or a sync is never read half-way. A loose job file that names
+a download or a sync is never read half-way. The settle clock starts at the last
+change known: the latest file event naming the file (or anything inside a job
+folder), which the watcher reports with its time (`note`), else the scan that saw it
+change; the daemon sleeps until the earliest settling file is due (`next_due`). A loose job file that names
 attachments waits (up to `attachment_wait_seconds`) until they have settled too;
 so does a loose image or sound, which a job file still on its way may name. Any
 other file (a .rtf, a .docx) is claimed once settled and fails at once.
@@ -82,11 +85,54 @@ class Arrivals:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.clock = clock
-        self._seen: dict[Path, tuple[tuple[int, int, int], float]] = {}
+        # path -> (signature, unchanged since, last sight, judged ready): the settle clock of each candidate
+        self._seen: dict[Path, tuple[tuple[int, int, int], float, float, bool]] = {}
         self._waits: dict[Path, float] = {}  # loose files waiting for (or to be named as) attachments: since when
+        self._events: dict[Path, float] = {}  # candidate path -> the time of the latest file event in it
+        self._scanned_at = self._previous_scan = clock()
+        self._real_inbox: Path | None = None
+
+    def note(self, path: str | Path, when: float) -> None:
+        """A file event named `path` at `when` (this clock): the candidate holding it changed then."""
+        top = self._top(Path(path))
+        if top is not None and when > self._events.get(top, float("-inf")):
+            self._events[top] = when
+
+    def _top(self, path: Path) -> Path | None:
+        """The candidate path an event's path belongs to: inbox/<name>, or inbox/<preset>/<name>."""
+        for inbox in self._inboxes():
+            try:
+                parts = path.relative_to(inbox).parts
+                break
+            except ValueError:
+                continue
+        else:
+            return None  # not under the inbox: no head start, the scan still looks
+        if not parts:
+            return None
+        if parts[0] in self.config.presets:
+            return self.config.inbox / parts[0] / parts[1] if len(parts) > 1 else None
+        return self.config.inbox / parts[0]
+
+    def _inboxes(self) -> tuple[Path, ...]:
+        """The inbox as configured, and as the OS may name it in events (macOS: /var is /private/var)."""
+        inbox = self.config.inbox
+        if self._real_inbox is None:
+            self._real_inbox = Path(os.path.realpath(inbox))
+        return (inbox,) if self._real_inbox == inbox else (inbox, self._real_inbox)
+
+    def next_due(self) -> float | None:
+        """When (this clock) the next scan may find something new to claim: the earliest moment a settling
+        candidate may be ready (at once for one seen a first time long after its last event), or a loose
+        file's wait for its job file or attachments ends. None: nothing is settling or waiting."""
+        settle, limit, now = self.config.settle_seconds, self.config.attachment_wait_seconds, self.clock()
+        times = [since + settle for _, since, _, ready in self._seen.values() if not ready]
+        times += [start + limit for start in self._waits.values() if start + limit > now]
+        return min(times, default=None)
 
     def scan(self) -> list[Candidate]:
         """Everything in the inbox that could be a job, oldest first."""
+        self._previous_scan, self._scanned_at = self._scanned_at, self.clock()
         found: list[Candidate] = []
         inbox = self.config.inbox
         for entry in self._entries(inbox):
@@ -121,7 +167,12 @@ class Arrivals:
         """Those unchanged (size, mtime, entries) for settle_seconds; and whether any are still settling.
 
         A file is judged only by what was observed: copies that keep the source's
-        mtime (Finder, cp -p, rsync) still grow in size, so nothing is trusted at first sight.
+        mtime (Finder, cp -p, rsync) still grow in size, so nothing is trusted at first sight:
+        a candidate is ready at its second sight at the earliest, once settle_seconds have
+        passed since its last change. At first sight that change is its latest file event
+        (`note`) when the event came after the previous scan began (an event comes at the
+        change itself; an older one may not be its last change), else the sight itself; a
+        sight that finds it changed starts the clock again, and so does a later event.
         """
         now = self.clock()
         ready: list[Candidate] = []
@@ -130,6 +181,9 @@ class Arrivals:
         for path in list(self._seen):
             if path not in current:
                 del self._seen[path]
+        for path, when in list(self._events.items()):  # events of what is gone (claimed, removed) are done
+            if path not in current and when < self._scanned_at:
+                del self._events[path]
         for c in candidates:
             if c.is_link:
                 ready.append(c)  # never followed; failed at once
@@ -138,11 +192,21 @@ class Arrivals:
             if sig is None:
                 self._seen.pop(c.path, None)
                 continue
+            event = self._events.get(c.path)
             prev = self._seen.get(c.path)
-            if prev is None or prev[0] != sig:
-                self._seen[c.path] = (sig, now)
+            if prev is None:  # first sight: since its event, when that came after the previous scan began
+                fresh = event is not None and event >= self._previous_scan
+                self._seen[c.path] = (sig, min(event, now) if fresh and event is not None else now, now, False)
                 waiting = True
-            elif now - prev[1] >= self.config.settle_seconds:
+                continue
+            if prev[0] != sig:
+                self._seen[c.path] = (sig, now, now, False)
+                waiting = True
+                continue
+            since = max(prev[1], event) if event is not None else prev[1]  # a change the signature cannot show
+            settled = now - since >= self.config.settle_seconds
+            self._seen[c.path] = (sig, since, now, settled)
+            if settled:
                 ready.append(c)
             else:
                 waiting = True
@@ -221,7 +285,9 @@ class Arrivals:
             prev = self._seen.get(item.path)
             if not item.is_link and (prev is None or _signature(item.path) != prev[0]):
                 self._seen.pop(item.path, None)
+                self._events.pop(item.path, None)
                 return False  # changed since it settled: look again next scan
         for item in items:
             self._seen.pop(item.path, None)
+            self._events.pop(item.path, None)
         return True

@@ -314,6 +314,11 @@ class Spool:
 
         `before(target)` runs right before each try, with the folder the result would become
         (the producer writes the log's last line there). An outbox someone deleted is made again.
+
+        Durable: the journal's `delivering` entry, flushed before the rename (a crash after the rename then
+        never delivers twice). Not flushed: the result's files, and `done` is not journalled at all (`recover`
+        derives it); the daemon flushes the result before it removes the job's folder (`Daemon._retire`), so
+        until then the input in processing/ is the record.
         """
         (built / ".hotfolder-job").write_text(job.job_id + "\n")
 
@@ -327,8 +332,9 @@ class Spool:
         self.config.outbox.mkdir(exist_ok=True)
         target = move_to_free_name(built, self.config.outbox, f"{timestamp()}_{name}", before=journal)
         crash_point("delivered")
+        # Not journalled on its own: `recover` knows it from `delivering` and the result's marker, and the job's
+        # next save (its next entry's attempt) carries it.
         job.done[str(index)] = target.name
-        job.save()
         crash_point("recorded")
         return target
 

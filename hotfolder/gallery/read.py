@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 import tomllib
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ class Scan:
 
 # (absolute folder path) -> (mtime_ns, parsed entry or None for "not a result")
 _cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
+# (folder path, mtime_ns, page folder) -> the entry with its links made: a rebuild with thousands of results
+# makes only the new ones' links
+_linked_cache: dict[tuple[str, int, str], dict[str, Any]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -54,6 +58,8 @@ def scan(outbox: Path, failed: Path, *, page_dir: Path | None = None) -> Scan:
         prefixes = (str(outbox) + os.sep, str(failed) + os.sep)
         for key in [k for k in _cache if k.startswith(prefixes) and k not in seen]:
             del _cache[key]
+        for links in [k for k in _linked_cache if k[0] not in _cache or _cache[k[0]][0] != k[1]]:
+            del _linked_cache[links]
     results.sort(key=lambda e: (e["sort"], e["folder"]), reverse=True)
     failures.sort(key=lambda e: (e["sort"], e["folder"]), reverse=True)
     return Scan(results, failures, stamp.hexdigest()[:16])
@@ -85,7 +91,14 @@ def _entries(base: Path, kind: str, page_dir: Path, seen: set[str], stamp: Any) 
             with _cache_lock:
                 _cache[key] = (mtime, entry)
         if entry is not None:
-            out.append(_linked(entry, base, page_dir))
+            links = (key, mtime, str(page_dir))
+            with _cache_lock:
+                linked = _linked_cache.get(links)
+            if linked is None:
+                linked = _linked(entry, base, page_dir)
+                with _cache_lock:
+                    _linked_cache[links] = linked
+            out.append(dict(linked))
     return out
 
 
@@ -223,7 +236,7 @@ def _read_failure(folder: Path) -> dict[str, Any] | None:
 def _prompt_of(path: Path) -> str:
     """The prompt of a failed job's original file, when one can be read from it (best effort)."""
     try:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             inner = sorted(p for p in path.iterdir() if p.suffix.lower() in (".toml", ".txt"))
             return _prompt_of(inner[0]) if inner else ""
         text = _read_text(path, MAX_PROMPT_FILE_BYTES)
@@ -249,23 +262,41 @@ def _prompt_of(path: Path) -> str:
 
 
 def _load_json(path: Path) -> Any:
+    data = _read_bytes(path, MAX_JSON_BYTES)
+    if data is None or len(data) > MAX_JSON_BYTES:
+        return None
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return json.loads(data)
+    except ValueError:
         return None
 
 
 def _read_text(path: Path, limit: int) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError:
+    data = _read_bytes(path, limit)
+    if data is None:
         return None
     text = data[:limit].decode("utf-8", "replace")
     return text + ("\n\u2026" if len(data) > limit else "")
+
+
+def _read_bytes(path: Path, limit: int) -> bytes | None:
+    """At most `limit` + 1 bytes of a plain file; None for anything else: a link is never followed, a named pipe
+    never waited on (a failed job's original may be exactly such a file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read(limit + 1)
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _folder_time(name: str) -> str:

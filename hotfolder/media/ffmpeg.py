@@ -17,7 +17,6 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
 import threading
 import wave
 from dataclasses import dataclass
@@ -212,7 +211,7 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S, tag
     """Encode `clip` to `path`: H.264 yuv420p (CRF 18, BT.709 tagged), +faststart, fps exactly
     `clip.fps`, and AAC audio exactly as long as the video when the clip has sound.
 
-    Frames go to ffmpeg as raw rgb24 on stdin; audio goes through a temporary WAV. `path`
+    Frames go to ffmpeg as raw rgb24 on stdin; audio goes through a temporary WAV beside `path`, which
     is written in place (the caller stages it); a partial file is removed on failure.
     `tags`: the file's own metadata (title, comment, description, encoder, ...), which
     Finder, Spotlight and players show; `creation_time` is now unless given. `audio_rate`:
@@ -231,7 +230,8 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S, tag
         raise MediaError(path, str(exc)) from None
     frames = np.ascontiguousarray(frames)
 
-    with tempfile.TemporaryDirectory(prefix="hotfolder-media-") as tmp:
+    wav = path.with_name(f".{path.name}.{os.getpid()}.wav")  # beside the output: no temporary folder to make
+    try:
         audio_args: list[str] = []
         audio_out: list[str] = []
         if clip.audio is not None:
@@ -242,7 +242,6 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S, tag
                 raise MediaError(path, f"audio must be (channels, samples), got shape {audio.shape}")
             # The video lasts num_frames / fps exactly; the audio must end with it.
             num_samples = round(Fraction(num_frames) * int(clip.sample_rate) / rate)
-            wav = Path(tmp) / "audio.wav"
             write_wav(wav, fit_audio(audio, num_samples), int(clip.sample_rate))
             audio_args = ["-i", str(wav)]
             audio_out = ["-map", "1:a:0", "-c:a", "aac", "-b:a", AAC_BITRATE]
@@ -277,52 +276,145 @@ def encode_mp4(clip: Clip, path: Path, *, timeout: float = ENCODE_TIMEOUT_S, tag
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+    finally:
+        wav.unlink(missing_ok=True)
+
+
+# --- previews: the GIF and the thumbnail ------------------------------------------------------------
+#
+# Both are made from frames: on a miss from the frames the backend returned (already in memory: no decode),
+# for a cached clip that has none yet from the MP4, decoded by ffmpeg straight to the GIF's size. The GIF's
+# palette comes from a few frames spread over it, and Pillow maps every frame onto it with Floyd-Steinberg
+# dithering, whose colour lookup is cached per small cell of colour space: on noise (every pixel a new
+# colour) that costs a fraction of ffmpeg's paletteuse, which searches its palette for nearly every pixel.
+# Frames are scaled and dithered on two threads.
+
+GIF_WIDTH = 480
+GIF_SECONDS = 3.0
+GIF_PALETTE_FRAMES = 8  # the palette is made from this many frames, spread over the GIF, at half size
+GIF_METHOD = "pillow-mediancut-fs/1"  # how the GIF is made: part of its name in the cache (settings change it)
+THUMBNAIL_QUALITY = 92
+
+
+def gif_settings(*, width: int = GIF_WIDTH, seconds: float = GIF_SECONDS) -> dict[str, object]:
+    """Everything that changes a GIF made from a given clip (for its name in the cache)."""
+    return {"width": int(width), "seconds": float(seconds), "max_fps": GIF_MAX_FPS, "method": GIF_METHOD}
+
+
+def thumbnail_settings(*, description: str | None = None, quality: int = THUMBNAIL_QUALITY) -> dict[str, object]:
+    """Everything that changes a thumbnail made from a given clip: the EXIF description (the prompt) included."""
+    return {"quality": int(quality), "description": description or "", "format": "jpeg-444/1"}
+
+
+def _gif_plan(num_frames: int, fps: float, seconds: float) -> tuple[list[int], Fraction]:
+    """Which frames the GIF shows (the first `seconds`, every k-th above GIF_MAX_FPS) and at what rate."""
+    rate = _rate(fps)
+    step = math.ceil(fps / GIF_MAX_FPS) if fps > GIF_MAX_FPS else 1
+    shown = min(num_frames, math.ceil(Fraction(seconds) * rate - Fraction(1, 10**6)))  # frames starting before `seconds`
+    return list(range(0, max(1, shown), step)), rate / step
+
+
+def _gif_height(width: int, src_width: int, src_height: int) -> int:
+    """The GIF's height for `width`: the clip's aspect, rounded to an even number (ffmpeg's `scale=W:-2`)."""
+    return max(2, 2 * round(width * src_height / (2 * src_width)))
+
+
+def make_gif_from_frames(frames: np.ndarray, fps: float, gif: Path, *, width: int = GIF_WIDTH,
+                         seconds: float = GIF_SECONDS) -> None:
+    """`make_gif` from the clip's own frames ((frames, height, width, 3) uint8, as a backend returns them):
+    no MP4 decode, no ffmpeg; the GIF's frames are scaled with Lanczos, as ffmpeg's scale filter did."""
+    from PIL import Image
+
+    gif = Path(gif)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
+        raise MediaError(gif, f"frames must be uint8 (frames, height, width, 3), got {frames.dtype} {frames.shape}")
+    if width < 2 or seconds <= 0:
+        raise ValueError(f"width must be >= 2 and seconds > 0, got {width}, {seconds}")
+    try:
+        indices, rate = _gif_plan(frames.shape[0], fps, seconds)
+    except ValueError as exc:
+        raise MediaError(gif, str(exc)) from None
+    size = (width, _gif_height(width, frames.shape[2], frames.shape[1]))
+    images = _map(lambda i: Image.fromarray(np.ascontiguousarray(frames[i]), "RGB").resize(
+        size, Image.Resampling.LANCZOS), indices)
+    _write_gif(images, rate, gif)
 
 
 def make_gif(
-    video: Path, gif: Path, *, width: int = 480, seconds: float = 3.0, timeout: float = TIMEOUT_S
+    video: Path, gif: Path, *, width: int = GIF_WIDTH, seconds: float = GIF_SECONDS, timeout: float = TIMEOUT_S
 ) -> None:
     """A looping preview GIF of the first `seconds` of `video`, `width` px wide (even height),
     with a palette made for this clip, playing at the video's real speed.
 
-    Frames keep their own timestamps (the peer tool wrote 24 fps frames at 15 fps and
-    played 1.6x slow); the GIF muxer rounds them to 1/100 s so the delays alternate
-    (4, 4, 5 cs at 24 fps) and the total stays right. Above GIF_MAX_FPS frames are dropped
-    evenly, since viewers slow down delays under 2 cs.
+    ffmpeg decodes the first `seconds`, scaled to the GIF's size (Lanczos); the frames are
+    then made into the GIF as `make_gif_from_frames` does. Each frame's delay is its share
+    of the clip's time rounded to 1/100 s cumulatively (4, 4, 5 cs at 24 fps), so the total
+    stays right. Above GIF_MAX_FPS frames are dropped evenly, since viewers slow down delays
+    under 2 cs.
     """
+    from PIL import Image
+
     video, gif = Path(video), Path(gif)
     if width < 2 or seconds <= 0:
         raise ValueError(f"width must be >= 2 and seconds > 0, got {width}, {seconds}")
     header = _header(video, timeout=timeout)
-    if header.video is None:
+    if header.video is None or not header.video.width or not header.video.height:
         raise MediaError(video, "has no video stream to make a GIF from")
     fps = header.video.fps
-    chain = ""
-    if fps > GIF_MAX_FPS:
-        step = math.ceil(fps / GIF_MAX_FPS)
-        rate = _rate(fps) / step
-        chain = f"fps={rate.numerator}/{rate.denominator},"
-    graph = (
-        f"[0:v:0]{chain}scale={width}:-2:flags=lanczos,split[a][b];"
-        # palettegen is slow on grainy frames (30 s alone for 72 noisy 480 px frames on two
-        # cores); every 4th frame at half width gives an equally good palette in a few seconds.
-        f"[a]select='not(mod(n\\,4))',scale={max(2, width // 2)}:-2:flags=area,palettegen=stats_mode=full[p];"
-        "[b][p]paletteuse=dither=sierra2_4a:diff_mode=rectangle[g]"
-    )
+    if not fps:
+        raise MediaError(video, "has no frame rate to make a GIF from")
+    size = (width, _gif_height(width, header.video.width, header.video.height))
     args = [
-        "-loglevel", "error", "-y",
-        "-t", f"{seconds:g}", "-i", str(video),
-        "-filter_complex", graph, "-map", "[g]",
-        "-loop", "0", "-f", "gif", str(gif),
+        "-loglevel", "error", "-t", f"{seconds:g}", "-i", str(video),
+        "-map", "0:v:0", "-vf", f"scale={size[0]}:{size[1]}:flags=lanczos", "-fps_mode", "passthrough",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
     ]  # fmt: skip
+    _, out, err = _run(args, file=video, what=f"reading the frames for the GIF {gif.name}", timeout=timeout)
+    frame_bytes = size[0] * size[1] * 3
+    count = len(out) // frame_bytes
+    if not count:
+        raise MediaError(video, "has no frame to make a GIF from", err)
+    decoded = np.frombuffer(out, np.uint8, count * frame_bytes).reshape(count, size[1], size[0], 3)
+    indices, rate = _gif_plan(count, fps, seconds)
+    _write_gif([Image.fromarray(decoded[i], "RGB") for i in indices], rate, gif)
+
+
+def _write_gif(images: list, rate: Fraction, gif: Path) -> None:
+    """Quantise the frames to one palette (from a few of them) with Floyd-Steinberg, and write a looping GIF."""
+    from PIL import Image
+
+    picks = sorted({round(i * (len(images) - 1) / max(1, GIF_PALETTE_FRAMES - 1))
+                    for i in range(min(len(images), GIF_PALETTE_FRAMES))})
+    w, h = images[0].size
+    half = (max(1, w // 2), max(1, h // 2))
+    sample = Image.new("RGB", (half[0], half[1] * len(picks)))
+    for n, i in enumerate(picks):
+        sample.paste(images[i].resize(half, Image.Resampling.BOX), (0, n * half[1]))
+    palette = sample.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    indexed = _map(lambda im: im.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG), images)
+    # Delays in whole 1/100 s, rounded cumulatively so that the GIF lasts exactly as long as its frames.
+    ticks = [round(Fraction(100 * i) / rate) for i in range(len(images) + 1)]
+    durations = [10 * max(2, b - a) for a, b in zip(ticks, ticks[1:])]
     try:
-        _run(args, file=video, what=f"making the GIF {gif.name}", timeout=timeout)
+        indexed[0].save(gif, "GIF", save_all=True, append_images=indexed[1:], duration=durations, loop=0,
+                        optimize=False)
     except BaseException:
         gif.unlink(missing_ok=True)
         raise
 
 
-def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float = TIMEOUT_S,
+def _map(fn, items: list) -> list:
+    """`fn` over `items` in order, on two threads (Pillow lets go of the GIL while it scales and dithers)."""
+    if len(items) < 8 or (os.cpu_count() or 1) < 2:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="hotfolder-gif") as pool:
+        return list(pool.map(fn, items))
+
+
+def make_thumbnail(video: Path, jpg: Path, *, quality: int = THUMBNAIL_QUALITY, timeout: float = TIMEOUT_S,
                    description: str | None = None) -> None:
     """The first frame of `video`, full size, as a JPEG (quality 92, 4:4:4 chroma).
 
@@ -342,6 +434,25 @@ def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float 
     _, out, err = _run(args, file=video, what="reading the first frame", timeout=timeout)
     if not out:
         raise MediaError(video, "has no frame to make a thumbnail from", err)
+    with Image.open(io.BytesIO(out)) as im:
+        _save_jpeg(im.convert("RGB"), jpg, quality=quality, description=description)
+
+
+def thumbnail_from_frame(frame: np.ndarray, jpg: Path, *, quality: int = THUMBNAIL_QUALITY,
+                         description: str | None = None) -> None:
+    """`make_thumbnail` from the clip's own first frame ((height, width, 3) uint8): no decode, no ffmpeg."""
+    from PIL import Image
+
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise MediaError(jpg, f"a frame must be uint8 (height, width, 3), got {frame.dtype} {frame.shape}")
+    _save_jpeg(Image.fromarray(np.ascontiguousarray(frame), "RGB"), Path(jpg), quality=quality,
+               description=description)
+
+
+def _save_jpeg(im: object, jpg: Path, *, quality: int, description: str | None) -> None:
+    from PIL import Image
+
     about: dict[str, object] = {}
     if description:
         exif = Image.Exif()
@@ -350,9 +461,8 @@ def make_thumbnail(video: Path, jpg: Path, *, quality: int = 92, timeout: float 
         exif[0x9C9C] = description.encode("utf-16-le") + b"\0\0"  # XPComment
         about = {"exif": exif, "comment": description.encode("utf-8")}
     try:
-        with Image.open(io.BytesIO(out)) as im:
-            # No optimize=True: Pillow 13 fails on detailed frames with "broken data stream".
-            im.convert("RGB").save(jpg, "JPEG", quality=quality, subsampling=0, **about)
+        # No optimize=True: Pillow 13 fails on detailed frames with "broken data stream".
+        im.save(jpg, "JPEG", quality=quality, subsampling=0, **about)  # type: ignore[attr-defined]
     except BaseException:
         jpg.unlink(missing_ok=True)
         raise

@@ -120,8 +120,17 @@ VOCODER: dict[str, Any] = {  # real: 1024 channels, resblocks [3, 7, 11]
 QUANT_BITS, QUANT_GROUP = 4, 32
 
 
-def build(dest: Path, *, layout: str = "unified", quantized: bool = False) -> Path:
-    """Write the tiny model into `dest` in the layout the package loads."""
+# The same transformer with its audio stream as wide as its video stream (2 heads of 16): the package's
+# compiled rms_norm then only ever sees one width, so its bug does not bite and the package runs unpatched
+# (tests compare the resident pipeline with the package's own, untouched code on it).
+ONE_WIDTH: dict[str, Any] = {"audio_attention_head_dim": 16, "audio_cross_attention_dim": 32}
+
+
+def build(dest: Path, *, layout: str = "unified", quantized: bool = False,
+          transformer: dict[str, Any] | None = None) -> Path:
+    """Write the tiny model into `dest` in the layout the package loads (`transformer`: sizes that replace
+    TRANSFORMER's, e.g. ONE_WIDTH; recorded in hotfolder_arch.json, which both pipelines read)."""
+    arch = {**TRANSFORMER, **(transformer or {})}
     if layout not in ("unified", "split"):
         raise ValueError(f"layout must be 'unified' or 'split', not {layout!r}")
     if quantized and layout != "split":
@@ -131,7 +140,7 @@ def build(dest: Path, *, layout: str = "unified", quantized: bool = False) -> Pa
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     components = {
-        "transformer": _transformer(quantized),
+        "transformer": _transformer(quantized, arch),
         "connector": _connector(),
         "vae_decoder": _vae_decoder(),
         "vae_encoder": _vae_encoder(),
@@ -171,30 +180,38 @@ def build(dest: Path, *, layout: str = "unified", quantized: bool = False) -> Pa
             "vocoder": {"vocoder": VOCODER},
         },
     )
-    _write_json(dest / ARCH_FILE, {"tiny": True, "label": LABEL, "version": TINY_VERSION, "transformer": TRANSFORMER})
+    _write_json(dest / ARCH_FILE, {"tiny": True, "label": LABEL, "version": TINY_VERSION, "transformer": arch})
     _text_encoder(dest / "text_encoder")
     return dest
 
 
 @contextlib.contextmanager
-def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, Any]]]:
+def package_entry_point(model_dir: Path, *, rms_norm_fix: bool = True) -> Iterator[Callable[..., tuple[Any, Any]]]:
     """The package's own one-shot `generate_video_with_audio`, runnable on a tiny folder.
 
-    For `bench/resident.py` and the parity test only. Patches, undone on exit
-    except the rms_norm fix (which is correct everywhere):
+    For `bench/resident.py` and the parity tests only. Patches, undone on exit:
     - the entry point's hard-coded 48-layer transformer config gets the sizes in
       `hotfolder_arch.json` (nothing else in the package shrinks the transformer);
-    - the package's rms_norm bug is worked around (`patches.apply_rms_norm_fix`);
     - its file output is stubbed: the OpenCV 'avc1' writer fails silently on Linux
       and the ffmpeg mux needs ffmpeg on PATH. Everything before the writing
       (loading, both stages, both decoders) runs unchanged.
+    The package's rms_norm: with `rms_norm_fix` (the default), the project's fix
+    (`patches.apply_rms_norm_fix`, which the resident backend applies too, and which
+    stays: it is correct everywhere); the package cannot run the tiny model (nor LTX-2:
+    its audio stream is narrower than its video stream) without it. With
+    `rms_norm_fix=False`, the package's own compiled `mlx_video.utils.rms_norm`, exactly
+    as shipped, for the duration (whatever was there before is put back): only a model
+    whose streams have one width runs so (`build(..., transformer=ONE_WIDTH)`).
     Yields `run(prompt, height, width, num_frames, seed, fps, image=None, image_strength=1.0)
     -> (frames, audio)`; with an image, the package's image-to-video at frame 0.
     """
     import mlx_video.generate_av as gav
+    import mlx_video.utils as package_utils
+    from mlx_video.models.ltx import text_encoder, transformer
 
     arch = json.loads((Path(model_dir) / ARCH_FILE).read_text(encoding="utf-8"))["transformer"]
     original_config, original_mux = gav.LTXModelConfig, gav.mux_video_audio
+    norms = (text_encoder.rms_norm, transformer.rms_norm)
 
     def tiny_config(**kwargs: Any):
         return original_config(**{**kwargs, **arch})
@@ -222,18 +239,23 @@ def package_entry_point(model_dir: Path) -> Iterator[Callable[..., tuple[Any, An
                 image_frame_idx=0,
             )
 
-    apply_rms_norm_fix()
+    if rms_norm_fix:
+        apply_rms_norm_fix()
+    else:
+        text_encoder.rms_norm = transformer.rms_norm = package_utils.rms_norm
     gav.LTXModelConfig, gav.mux_video_audio = tiny_config, no_mux
     try:
         yield run
     finally:
         gav.LTXModelConfig, gav.mux_video_audio = original_config, original_mux
+        if not rms_norm_fix:
+            text_encoder.rms_norm, transformer.rms_norm = norms
 
 
 # --- components -------------------------------------------------------------
 
 
-def _transformer(quantized: bool) -> dict:
+def _transformer(quantized: bool, arch: dict[str, Any]) -> dict:
     import mlx.nn as nn
     from mlx_video.models.ltx.config import LTXModelConfig, LTXModelType, LTXRopeType
     from mlx_video.models.ltx.ltx import LTXModel
@@ -250,7 +272,7 @@ def _transformer(quantized: bool) -> dict:
         double_precision_rope=True,
         positional_embedding_max_pos=[20, 2048, 2048],
         audio_positional_embedding_max_pos=[20],
-        **TRANSFORMER,
+        **arch,
     )
     model = LTXModel(cfg)
     _randomize(model, "transformer", dtype="bfloat16")
