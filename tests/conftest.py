@@ -146,6 +146,16 @@ class Root:
         return json.loads(next(p for p in result.glob("*.json")).read_text())
 
 
+def drop(root: Root, rel: str, data: str | bytes) -> Path:
+    """Put a job file into the inbox as a finished copy does: written under a hidden name, then renamed in."""
+    path = root.inbox / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.rename(tmp, path)
+    return path
+
+
 def make_spec(**changes: object) -> "JobSpec":
     """A fully resolved JobSpec for tests that call backends or the cache directly (no job file)."""
     from hotfolder.job.spec import JobSpec

@@ -8,16 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Root, wait_until
-
-
-def _drop(root: Root, rel: str, data: bytes | str) -> Path:
-    path = root.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.rename(tmp, path)
-    return path
+from conftest import Root, drop as _drop, wait_until
 
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'

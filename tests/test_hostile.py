@@ -25,19 +25,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import TESTS, Root, needs, needs_tool, wait_until
+from conftest import Root, TESTS, drop as _drop, needs, needs_tool, wait_until
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
 SLOW = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 4\n'
-
-
-def _drop(root: Root, rel: str, text: str | bytes) -> Path:
-    path = root.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.rename(tmp, path)
-    return path
 
 
 def _status(root: Root) -> dict:

@@ -6,16 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from conftest import Root, wait_until
+from conftest import Root, drop as _drop, wait_until
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
-
-
-def _drop(root: Root, rel: str, text: str) -> None:
-    path = root.inbox / rel
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.rename(tmp, path)
 
 
 def test_the_log_file_has_json_lines_and_every_line_of_a_job_carries_its_id(root: Root) -> None:

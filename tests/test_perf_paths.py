@@ -21,19 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import TESTS, Root, wait_until
+from conftest import Root, TESTS, drop as _drop, wait_until
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
 JOB = f'prompt = "A lighthouse on a cliff at night"\nseed = 5\n{SMALL}'
-
-
-def _drop(root: Root, rel: str, text: str) -> Path:
-    path = root.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.rename(tmp, path)
-    return path
 
 
 def _result(root: Root, source: str) -> tuple[Path, dict]:

@@ -22,19 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import Root, needs_tool, wait_until
+from conftest import Root, drop as _drop, needs_tool, wait_until
 from hotfolder.folders import status as status_file
 
 SMALL = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
-
-
-def _drop(root: Root, rel: str, text: str) -> Path:
-    path = root.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.rename(tmp, path)
-    return path
 
 
 def _stop(daemon: subprocess.Popen) -> int:

@@ -19,18 +19,10 @@ from typing import Callable
 
 import pytest
 
-from conftest import Root, wait_until
+from conftest import Root, drop as _drop, wait_until
 from hotfolder.media import probe
 
 SLOW_JOB = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 10\n'
-
-
-def _drop(root: Root, rel: str, text: str) -> None:
-    path = root.inbox / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.rename(tmp, path)
 
 
 def _progress_step(root: Root) -> int:
