@@ -20,6 +20,7 @@ from typing import Any
 from hotfolder.errors import WeightsMissing
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+GB = 1000**3  # download sizes are said in decimal GB, as Hugging Face shows them
 
 
 def hub_cache() -> Path:
@@ -171,3 +172,10 @@ def snapshot_problem(snap: Path) -> str | None:
 def components(index: dict[str, Any]) -> list[str]:
     """The component folders a Diffusers model_index.json names ("vae": ["diffusers", "AutoencoderKL"])."""
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+
+
+def gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+# -- list --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hotfolder import weights
+from hotfolder.backends import choose
 from hotfolder.commands import models
 from hotfolder.cli import main
 from hotfolder.config import BUILTIN_MODELS, Config, ModelInfo
@@ -247,21 +248,21 @@ def test_weights_problem_says_what_to_pull_and_how_big_or_nothing(tmp_path: Path
     cache = tmp_path / "hub"
     config = _config(tmp_path)
     ltx2 = BUILTIN_MODELS["ltx-2"]
-    missing = models.weights_problem(ltx2, config, backend="diffusers", cache=cache)
+    missing = choose.weights_problem(ltx2, config, backend="diffusers", cache=cache)
     assert "hotfolder models pull ltx-2 (about 42 GB)" in missing and str(cache) in missing
 
     files = dict(DIFFUSERS_FILES)
     del files["vae/diffusion_pytorch_model.safetensors"]
     _put(cache, "Lightricks/LTX-2", files)
-    partial = models.weights_problem(ltx2, config, backend="diffusers", cache=cache)
+    partial = choose.weights_problem(ltx2, config, backend="diffusers", cache=cache)
     assert "incomplete" in partial and "components not downloaded: vae" in partial and "it resumes" in partial
 
     _put(cache, "Lightricks/LTX-2", DIFFUSERS_FILES)
-    assert models.weights_problem(ltx2, config, backend="diffusers", cache=cache) is None
-    assert models.weights_problem(BUILTIN_MODELS["tiny"], config, cache=cache) is None  # built in code
+    assert choose.weights_problem(ltx2, config, backend="diffusers", cache=cache) is None
+    assert choose.weights_problem(BUILTIN_MODELS["tiny"], config, cache=cache) is None  # built in code
     folder = ModelInfo(name=str(tmp_path / "w"), family="ltx2", local_path=str(tmp_path / "w"))
-    assert "does not exist" in models.weights_problem(folder, config, cache=cache)
+    assert "does not exist" in choose.weights_problem(folder, config, cache=cache)
     (tmp_path / "w").mkdir()
-    assert models.weights_problem(folder, config, cache=cache) is None
+    assert choose.weights_problem(folder, config, cache=cache) is None
     # A backend whose weights are not Hugging Face repositories (a plugin) keeps them its own way.
-    assert models.weights_problem(ltx2, config, backend="elsewhere", cache=tmp_path / "empty") is None
+    assert choose.weights_problem(ltx2, config, backend="elsewhere", cache=tmp_path / "empty") is None

@@ -1,6 +1,8 @@
 """Which backend serves a job, and which backend's weights this machine wants: one set of rules.
 
-Read from package metadata and the Hugging Face cache folder only: this module never
+Also what a model's weights are on this machine for a backend (`model_state`, `weights_problem`),
+the one rule `submit`, `agent install`, `models`, `doctor` and the daemon's start use. Read from
+package metadata and the Hugging Face cache folder only: this module never
 imports torch, diffusers or mlx, so `validate`, `submit`, the daemon's scan thread
 and `doctor` decide in microseconds (a test imports them in a fresh interpreter and
 checks that neither framework was loaded).
@@ -11,7 +13,9 @@ from __future__ import annotations
 import functools
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hotfolder import weights
@@ -59,15 +63,111 @@ def mlx_status() -> tuple[bool, str]:
 
 def mlx_weights_present(model: ModelInfo) -> bool:
     """Whether the model's MLX weights (and text encoder) are complete in the local cache or folder."""
-    if model.tiny:
-        return True
-    if model.local_path:
-        from pathlib import Path
-
+    if model.local_path and not model.tiny:
         return (Path(model.local_path).expanduser() / "config.json").is_file()
-    repos = [(model.mlx_repo, model.revision), (model.mlx_text_encoder_repo, None)]
-    repos = [(r, rev) for r, rev in repos if r]
-    return bool(repos) and all(weights.repo_state(r, rev).complete for r, rev in repos)
+    return model_state(model, "mlx").present
+
+
+# -- what a model's weights are on this machine (models list, pull, doctor, submit, the daemon's start) ------
+@dataclass(frozen=True)
+class ModelState:
+    """A model as this machine has it, for one backend."""
+
+    model: ModelInfo
+    backend: str
+    repos: tuple[weights.RepoState, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.repos)
+
+    @property
+    def present(self) -> bool:
+        if self.model.tiny:
+            return True
+        if self.model.local_path:
+            return Path(self.model.local_path).expanduser().is_dir()
+        return bool(self.repos) and all(r.complete for r in self.repos)
+
+    @property
+    def status(self) -> str:
+        if self.model.tiny:
+            return "built in"
+        if self.model.local_path:
+            return "local folder" if self.present else "folder missing"
+        if not self.repos:
+            return f"none for {self.backend}"
+        if self.present:
+            return "present"
+        return "partial" if self.bytes else "missing"
+
+    @property
+    def problem(self) -> str | None:
+        return next((f"{r.repo}: {r.problem}" for r in self.repos if r.problem), None)
+
+
+def repos_for(model: ModelInfo, backend: str) -> list[tuple[str, str | None]]:
+    """(repo, revision) pairs the backend loads for this model; the revision pins the main repo only."""
+    if model.tiny or model.local_path:
+        return []
+    if backend == "mlx":
+        pairs = [(model.mlx_repo, model.revision), (model.mlx_text_encoder_repo, None)]
+    else:
+        pairs = [(model.diffusers_repo, model.revision)]
+    return [(r, rev) for r, rev in pairs if r]
+
+
+def model_state(model: ModelInfo, backend: str, cache: Path | None = None) -> ModelState:
+    repos = tuple(weights.repo_state(r, rev, cache) for r, rev in repos_for(model, backend))
+    return ModelState(model, backend, repos)
+
+
+def weights_problem(model: ModelInfo, config: Config, backend: str | None = None,
+                    cache: Path | None = None) -> str | None:
+    """Why the daemon could not serve `model` on this machine for want of weights (None when it can).
+
+    Tiny models are built in code and a local folder of weights serves itself while it exists;
+    every other model needs its weights, for the backend that will run it, in the Hugging Face
+    cache. Read from the cache folder only: offline and instant.
+    """
+    if model.tiny:
+        return None
+    if model.local_path:
+        folder = Path(model.local_path).expanduser()
+        return None if folder.is_dir() else f"the weights folder {folder} of model {model.name} does not exist."
+    backend = backend or wanted(model, config)[0]
+    if backend not in ("diffusers", "mlx"):
+        return None  # a backend of another kind: its weights are not Hugging Face repositories we know
+    state = model_state(model, backend, cache)
+    if state.present:
+        return None
+    where = cache or weights.hub_cache()
+    size = f" (about {model.size_gb:.0f} GB)" if model.size_gb else ""
+    if not state.repos:
+        return f"model {model.name} has no weights for the {backend} backend; choose another model or backend."
+    if state.status == "partial":
+        return (f"the weights of model {model.name} are incomplete on this machine ({weights.gb(state.bytes)} in {where}: "
+                f"{state.problem}). Finish the download first: hotfolder models pull {model.name}{size}; "
+                "it resumes.")
+    return (f"the weights of model {model.name} are not on this machine (looked in {where}). "
+            f"Download them first: hotfolder models pull {model.name}{size}.")
+
+
+def _asked(requested: str, config: Config) -> str | None:
+    """The backend a job or the config names outright; None for "auto"."""
+    if requested == "auto":
+        requested = config.backend
+    return requested if requested in BACKEND_MODULES else None
+
+
+def _by_platform() -> tuple[str, str]:
+    """What "auto" means on this machine, before the model is looked at: MLX on Apple Silicon with its packages."""
+    if not is_apple_silicon():
+        return "diffusers", "not an Apple Silicon Mac"
+    ok, why = mlx_status()
+    if not ok:
+        return "diffusers", f"the MLX backend is not usable: {why}"
+    return "mlx", "Apple Silicon with mlx-video-with-audio"
 
 
 def wanted(model: ModelInfo, config: Config, requested: str = "auto") -> tuple[str, str]:
@@ -76,20 +176,15 @@ def wanted(model: ModelInfo, config: Config, requested: str = "auto") -> tuple[s
     What `models pull` fetches and `doctor` checks. auto: MLX for models that exist only
     for MLX, and on Apple Silicon with the MLX packages installed; Diffusers otherwise.
     """
-    if requested == "auto":
-        requested = config.backend
-    if requested in BACKEND_MODULES:
-        return requested, "asked for"
+    asked = _asked(requested, config)
+    if asked:
+        return asked, "asked for"
     if model.diffusers_repo is None and model.mlx_repo is not None and not model.tiny:
         return "mlx", f"model {model.name} exists only for MLX"
-    if not is_apple_silicon():
-        return "diffusers", "not an Apple Silicon Mac"
-    ok, why = mlx_status()
-    if not ok:
-        return "diffusers", f"the MLX backend is not usable: {why}"
-    if model.mlx_repo is None and not (model.tiny or model.local_path):
+    name, why = _by_platform()
+    if name == "mlx" and model.mlx_repo is None and not (model.tiny or model.local_path):
         return "diffusers", f"model {model.name} has no MLX weights"
-    return "mlx", "Apple Silicon with mlx-video-with-audio"
+    return name, why
 
 
 def resolve(requested: str, model: ModelInfo | None, config: Config) -> tuple[str, str]:
@@ -99,12 +194,8 @@ def resolve(requested: str, model: ModelInfo | None, config: Config) -> tuple[st
     yet, a model that also exists for Diffusers runs there rather than failing.
     """
     if model is None:
-        if requested == "auto":
-            requested = config.backend
-        if requested in BACKEND_MODULES:
-            return requested, "asked for"
-        return ("mlx", "Apple Silicon with mlx-video-with-audio") if is_apple_silicon() and mlx_status()[0] \
-            else ("diffusers", "not an Apple Silicon Mac" if not is_apple_silicon() else mlx_status()[1])
+        asked = _asked(requested, config)
+        return (asked, "asked for") if asked else _by_platform()
     name, why = wanted(model, config, requested)
     if name == "mlx" and why != "asked for" and model.diffusers_repo is not None and not mlx_weights_present(model):
         return "diffusers", f"the MLX weights of {model.name} are not on this machine"

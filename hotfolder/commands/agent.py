@@ -125,7 +125,7 @@ def install(config: Config, host: Host, *, config_file: Path | None = None, fda_
 def warn_missing_weights(config: Config, host: Host, say: Callable[[str], None]) -> None:
     """Say before the first drop that jobs would fail for want of the default model's weights,
     looking in the Hugging Face cache the agent will use (the one `models pull` fills from this shell)."""
-    from hotfolder.commands.models import weights_problem
+    from hotfolder.backends.choose import weights_problem
 
     model = config.model_info(config.model)
     if model is None:

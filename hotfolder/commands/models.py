@@ -13,16 +13,16 @@ import difflib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hotfolder import weights
+from hotfolder.weights import GB, gb
 from hotfolder.backends import choose
+from hotfolder.backends.choose import ModelState, model_state, repos_for
 from hotfolder.config import Config, ModelInfo
 from hotfolder.errors import HotfolderError, UsageError
 
-GB = 1000**3
 DISK_MARGIN_BYTES = 2 * GB  # room left over after a pull: the cache, the results and the OS need some
 # Weights in other formats than safetensors: never what the backends load.
 IGNORE_PATTERNS = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckpt", "*.pt", "*.pth", "*.gguf"]
@@ -30,93 +30,9 @@ IGNORE_PATTERNS = ["*.bin", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ckp
 Downloader = Callable[..., str]  # huggingface_hub.snapshot_download's signature
 
 
-@dataclass(frozen=True)
-class ModelState:
-    """A model as this machine has it, for one backend."""
-
-    model: ModelInfo
-    backend: str
-    repos: tuple[weights.RepoState, ...]
-
-    @property
-    def bytes(self) -> int:
-        return sum(r.bytes for r in self.repos)
-
-    @property
-    def present(self) -> bool:
-        if self.model.tiny:
-            return True
-        if self.model.local_path:
-            return Path(self.model.local_path).expanduser().is_dir()
-        return bool(self.repos) and all(r.complete for r in self.repos)
-
-    @property
-    def status(self) -> str:
-        if self.model.tiny:
-            return "built in"
-        if self.model.local_path:
-            return "local folder" if self.present else "folder missing"
-        if not self.repos:
-            return f"none for {self.backend}"
-        if self.present:
-            return "present"
-        return "partial" if self.bytes else "missing"
-
-    @property
-    def problem(self) -> str | None:
-        return next((f"{r.repo}: {r.problem}" for r in self.repos if r.problem), None)
-
-
-def repos_for(model: ModelInfo, backend: str) -> list[tuple[str, str | None]]:
-    """(repo, revision) pairs the backend loads for this model; the revision pins the main repo only."""
-    if model.tiny or model.local_path:
-        return []
-    if backend == "mlx":
-        pairs = [(model.mlx_repo, model.revision), (model.mlx_text_encoder_repo, None)]
-    else:
-        pairs = [(model.diffusers_repo, model.revision)]
-    return [(r, rev) for r, rev in pairs if r]
-
-
 def backend_for(model: ModelInfo, config: Config, requested: str = "auto") -> str:
     """The backend whose weights this machine wants for `model` (`backends.choose.wanted`)."""
     return choose.wanted(model, config, requested)[0]
-
-
-def model_state(model: ModelInfo, backend: str, cache: Path | None = None) -> ModelState:
-    repos = tuple(weights.repo_state(r, rev, cache) for r, rev in repos_for(model, backend))
-    return ModelState(model, backend, repos)
-
-
-def weights_problem(model: ModelInfo, config: Config, backend: str | None = None,
-                    cache: Path | None = None) -> str | None:
-    """Why the daemon could not serve `model` on this machine for want of weights (None when it can).
-
-    Tiny models are built in code and a local folder of weights serves itself while it exists;
-    every other model needs its weights, for the backend that will run it, in the Hugging Face
-    cache. Read from the cache folder only: offline and instant.
-    """
-    if model.tiny:
-        return None
-    if model.local_path:
-        folder = Path(model.local_path).expanduser()
-        return None if folder.is_dir() else f"the weights folder {folder} of model {model.name} does not exist."
-    backend = backend or backend_for(model, config)
-    if backend not in ("diffusers", "mlx"):
-        return None  # a backend of another kind: its weights are not Hugging Face repositories we know
-    state = model_state(model, backend, cache)
-    if state.present:
-        return None
-    where = cache or weights.hub_cache()
-    size = f" (about {model.size_gb:.0f} GB)" if model.size_gb else ""
-    if not state.repos:
-        return f"model {model.name} has no weights for the {backend} backend; choose another model or backend."
-    if state.status == "partial":
-        return (f"the weights of model {model.name} are incomplete on this machine ({gb(state.bytes)} in {where}: "
-                f"{state.problem}). Finish the download first: hotfolder models pull {model.name}{size}; "
-                "it resumes.")
-    return (f"the weights of model {model.name} are not on this machine (looked in {where}). "
-            f"Download them first: hotfolder models pull {model.name}{size}.")
 
 
 def free_bytes(path: Path) -> int:
@@ -127,11 +43,6 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def gb(n: float) -> str:
-    return f"{n / GB:.1f} GB"
-
-
-# -- list --------------------------------------------------------------------------
 def table(config: Config, *, cache: Path | None = None, backend: str = "auto") -> list[dict[str, str]]:
     rows = []
     for name, model in config.models.items():

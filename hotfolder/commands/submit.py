@@ -343,7 +343,7 @@ def check_path(path: Path, config: Config, *, preset: str | None, label: str, fo
 
 def check_weights(specs: list[JobSpec], config: Config, label: str) -> None:
     """JobInvalid when this machine lacks the weights a job's model needs (the daemon would fail it at once)."""
-    from hotfolder.commands.models import weights_problem
+    from hotfolder.backends.choose import weights_problem
 
     problems = []
     for spec in specs:
@@ -566,7 +566,7 @@ def _new_results(config: Config, since: float, seen: set[Path]) -> list[tuple[Pa
 # -- validate ---------------------------------------------------------------------------------------
 def validate(config: Config, files: list[Path], *, preset: str | None = None) -> int:
     """Print what the daemon would make of each file or job folder; exit 2 if any is invalid."""
-    from hotfolder.commands.models import weights_problem
+    from hotfolder.backends.choose import weights_problem
 
     bad = 0
     for path in files:

@@ -1035,30 +1035,15 @@ class _Reserve:
 
 def _weights_missing(config: Config) -> str | None:
     """Why the default model cannot run here for lack of weights, with the command that fetches them; None if it can."""
-    from hotfolder import weights
     from hotfolder.backends import choose
 
     model = config.model_info(config.model)
-    if model is None or model.tiny:
+    if model is None:
         return None
-    backend, _ = choose.resolve("auto", model, config)
-    if backend == "mlx":
-        present = choose.mlx_weights_present(model)
-    elif backend == "diffusers":
-        if model.local_path:
-            present = Path(model.local_path).expanduser().is_dir()
-        elif model.diffusers_repo is None:
-            return None  # no Diffusers weights exist for it: the job says so itself
-        else:
-            present = weights.repo_state(model.diffusers_repo, model.revision).complete
-    else:
-        return None  # another backend (the tests' fake): nothing to fetch
-    if present:
-        return None
-    size = f" (about {model.size_gb:.0f} GB)" if model.size_gb else ""
-    return (f"the weights of the default model {model.name} ({backend}) are not on this machine: every job that "
-            f"uses it will fail until you run `hotfolder models pull {model.name}`{size}")
-
+    backend, _ = choose.resolve("auto", model, config)  # the backend jobs that name no other would run on
+    problem = choose.weights_problem(model, config, backend=backend)
+    return f"default model {model.name} ({backend}): {problem} Every job that uses it fails until then." \
+        if problem else None
 
 def _used_up(job: Job, index: int, max_attempts: int) -> dict[str, Any] | None:
     """The failure record of an entry whose attempts are used up (the process died in them, or they failed)."""
