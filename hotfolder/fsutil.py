@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import secrets
@@ -123,6 +124,19 @@ _RENAME_EXCL_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOP
 
 def _rename_excl(src: Path, dst: Path) -> bool:
     """The OS's own no-replace rename; False where it has none (the caller falls back)."""
+    err = _flagged_rename(src, dst, linux_flag=1, darwin_flag=0x4)  # RENAME_NOREPLACE, RENAME_EXCL
+    if err is None or err in _RENAME_EXCL_UNSUPPORTED:
+        return False
+    if err == 0:
+        return True
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dst))
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+@functools.cache
+def _flagged_rename_call() -> tuple[Any, bool] | None:
+    """(the C function, whether it is Linux's renameat2) for a rename with flags; None where the OS has none."""
     import ctypes
 
     try:
@@ -130,23 +144,29 @@ def _rename_excl(src: Path, dst: Path) -> bool:
             fn = ctypes.CDLL(None, use_errno=True).renameat2
             fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
             fn.restype = ctypes.c_int
-            ok = fn(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0  # AT_FDCWD, RENAME_NOREPLACE
-        elif sys.platform == "darwin":
+            return fn, True
+        if sys.platform == "darwin":
             fn = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True).renamex_np
             fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
             fn.restype = ctypes.c_int
-            ok = fn(os.fsencode(src), os.fsencode(dst), 0x4) == 0  # RENAME_EXCL
-        else:
-            return False
+            return fn, False
     except (OSError, AttributeError):
-        return False
-    if ok:
-        return True
-    err = ctypes.get_errno()
-    if err in _RENAME_EXCL_UNSUPPORTED:
-        return False
-    raise OSError(err, os.strerror(err), str(dst)) if err != errno.EEXIST else FileExistsError(
-        err, os.strerror(err), str(dst))
+        pass
+    return None
+
+
+def _flagged_rename(src: Path, dst: Path, *, linux_flag: int, darwin_flag: int) -> int | None:
+    """Linux `renameat2(AT_FDCWD, src, AT_FDCWD, dst, linux_flag)` or macOS `renamex_np(src, dst, darwin_flag)`:
+    0 when done, the errno when the OS refused, None where the OS has no such call."""
+    import ctypes
+
+    call = _flagged_rename_call()
+    if call is None:
+        return None
+    fn, linux = call
+    a, b = os.fsencode(src), os.fsencode(dst)
+    ok = (fn(-100, a, -100, b, linux_flag) if linux else fn(a, b, darwin_flag)) == 0
+    return 0 if ok else ctypes.get_errno()
 
 
 # ----------------------------------------------------------- the primitives
@@ -429,26 +449,7 @@ def copy_file(src: Path, dst: Path, *, durable: bool = False) -> None:
 
 
 def exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths; False where the OS cannot."""
-    import ctypes
-
-    try:
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.renameat2
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-            at_fdcwd, rename_exchange = -100, 2
-            ok = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-        elif sys.platform == "darwin":
-            libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
-            fn = libc.renamex_np
-            fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-            ok = fn(os.fsencode(a), os.fsencode(b), 0x2) == 0  # RENAME_SWAP
-        else:
-            return False
-    except (OSError, AttributeError):
-        return False
-    return ok  # on failure (unsupported, or the old entry went away) the caller falls back
+    """Atomically swap two paths; False where the OS cannot (unsupported, or the old entry went away): the caller
+    falls back."""
+    return _flagged_rename(a, b, linux_flag=2, darwin_flag=0x2) == 0  # RENAME_EXCHANGE, RENAME_SWAP
 

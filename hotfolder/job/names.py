@@ -217,13 +217,3 @@ def move_to_free_name(src: Path, folder: Path, stem: str, suffix: str = "", *,
             raise
         return target
     raise UsageError(f"no free name for {stem}{suffix} in {folder}: move some files out of it.")
-
-
-def free_name(folder: Path, name: str) -> Path:
-    """A free path for a job file or folder: "lake.toml" -> "lake 2.toml"; a folder "lake.v2" -> "lake.v2 2"."""
-    path = Path(name)
-    stem, suffix = (path.stem, path.suffix) if is_job_file_name(name) else (name, "")
-    target = next(free_paths(folder, stem, suffix), None)
-    if target is None:
-        raise UsageError(f"no free name for {name} in {folder}: move some files out of it.")
-    return target
