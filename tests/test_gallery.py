@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Root, wait_until
+from conftest import Root, needs, wait_until
 from hotfolder import gallery
 from hotfolder.config import Config, load_config
 from hotfolder.folders import status as status_file
@@ -72,10 +72,13 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Root:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    needs(sync_api, "Playwright is not installed (it is in the test extra: pip install -e '.[test]')")
     exe = _chromium()
-    if exe is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    needs(exe, "no Chromium here (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe)
         yield b

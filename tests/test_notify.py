@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs, needs_tool
+from conftest import Root, needs, needs_tool
 from hotfolder.config import Config
 from hotfolder.service import notify
 
@@ -348,27 +348,34 @@ def test_the_real_notify_send_opens_the_video_when_the_notification_is_clicked(
 # --- in the daemon ----------------------------------------------------------------------------
 
 
-def test_the_daemon_notifies_and_a_click_opens_the_video_or_the_error(tmp_path: Path) -> None:
-    """The real daemon with a fake `notify-send` (which records its arguments and "clicks") and a fake
-    `xdg-open` (which records what it was asked to open) first on PATH."""
-    from conftest import Root, wait_until
-
+def _daemon_with_tools(tmp_path: Path, tools: dict[str, str]) -> tuple[Root, subprocess.Popen]:
+    """A root with notifications on, and the real daemon (fake backend) with these scripts first on its PATH
+    (name -> script text). The daemon uses notify-send on Linux only: elsewhere the test has nothing to fake."""
     if sys.platform == "darwin":
         pytest.skip("on macOS the daemon uses terminal-notifier or osascript: this test fakes notify-send")
     root = Root(tmp_path)
     root.write_config(notifications=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    for name, script in tools.items():
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    return root, root.start(fake=True, env=root.env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
+
+
+def test_the_daemon_notifies_and_a_click_opens_the_video_or_the_error(tmp_path: Path) -> None:
+    """The real daemon with a fake `notify-send` (which records its arguments and "clicks") and a fake
+    `xdg-open` (which records what it was asked to open) first on PATH."""
+    from conftest import wait_until
+
     record, opened = tmp_path / "notifications.jsonl", tmp_path / "opened.jsonl"
-    (bin_dir / "notify-send").write_text(
-        f"#!{sys.executable}\nimport json, sys\n"
-        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        "if '--action=default=Open' in sys.argv: print('default')\n")
-    (bin_dir / "xdg-open").write_text(
-        f"#!{sys.executable}\nimport json, sys\nopen({str(opened)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
-    daemon = root.start(fake=True, env=root.env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    root, daemon = _daemon_with_tools(tmp_path, {
+        "notify-send": f"#!{sys.executable}\nimport json, sys\n"
+                       f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                       "if '--action=default=Open' in sys.argv: print('default')\n",
+        "xdg-open": f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(opened)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n",
+    })
     try:
         (root.inbox / "fox.toml").write_text('prompt = "A red fox"\nwidth = 64\nheight = 64\nduration = 0.5\n'
                                              'fps = 16\nsteps = 2\n')
@@ -396,18 +403,10 @@ def test_the_daemon_notifies_and_a_click_opens_the_video_or_the_error(tmp_path: 
 def test_a_notifier_that_never_returns_does_not_hold_up_the_daemon(tmp_path: Path) -> None:
     """Each notification's notify-send hangs (a wedged notification server): the daemon still makes the next job,
     and still stops gracefully."""
-    from conftest import Root, wait_until
+    from conftest import wait_until
 
-    if sys.platform == "darwin":
-        pytest.skip("on macOS the daemon uses terminal-notifier or osascript: this test fakes notify-send")
-    root = Root(tmp_path)
-    root.write_config(notifications=True)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     pids = tmp_path / "pids"
-    (bin_dir / "notify-send").write_text(f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 600\n')
-    (bin_dir / "notify-send").chmod(0o755)
-    daemon = root.start(fake=True, env=root.env(PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    root, daemon = _daemon_with_tools(tmp_path, {"notify-send": f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 600\n'})
     try:
         job = 'width = 64\nheight = 64\nduration = 0.5\nfps = 16\nsteps = 2\n'
         (root.inbox / "first.toml").write_text(f'prompt = "first"\n{job}')
