@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) "$(TORCH)"
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[diffusers,mlx,test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[diffusers,mlx,ray,test]"
 	@touch $@
 
 # Re-resolve every dependency from the open ranges in pyproject.toml in a scratch venv and write the
@@ -35,7 +35,7 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
 	.venv-lock/bin/python -m pip install --quiet "$(TORCH)"
-	.venv-lock/bin/python -m pip install --quiet -e ".[diffusers,mlx,test]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[diffusers,mlx,ray,test]"
 	( echo "# Exact versions CI ran; made by \`make lock\` on $$(uname -sm), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())')."; \
 	  echo "# Used as pip constraints by the Makefile: packages this OS does not need are simply not installed."; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//' | LC_ALL=C sort ) > $(CONSTRAINTS)
