@@ -37,7 +37,16 @@ APP = "hotfolder"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One entry of the model table: what a name means to each backend."""
+    """One entry of the model table: what a name means to each backend, and how its makers run it.
+
+    Every default a model's documentation gives lives here, in this one table (`BUILTIN_MODELS`),
+    and each can be changed in a `[models.NAME]` table of the config file (`MODEL_KEYS`):
+    steps per mode, guidance per modality (video, audio), spatio-temporal (STG) and modality
+    guidance, the frame rate, the duration limit, the H.264 CRF the conditioning image goes
+    through, and which features the model has (image-to-video, a duration head, a prompt
+    enhancer). A job may override only what a job key names (`steps`, `fps`, `duration`...);
+    a job naming a feature the model lacks is refused by `job/spec.py` with the reason.
+    """
 
     name: str
     family: str  # "ltx2" (video + audio) or "ltx" (LTX-Video, no audio)
@@ -47,10 +56,27 @@ class ModelInfo:
     revision: str | None = None
     has_audio: bool = True
     max_duration: float = 20.0
-    guidance: float = 4.0
+    guidance: float = 4.0  # classifier-free guidance, video (1: off)
     tiny: bool = False  # random weights built in code: the output is noise
     size_gb: float = 0.0  # approximate download size, for doctor and pull
     local_path: str | None = None  # a folder of weights given as the model name
+    # --- how the model is run (issue 13); defaults are LTX-2's (January 2026) ---
+    version: str = "2"  # "2", "2.3", "2.5" (LTX-2 generations); "" for LTX-Video
+    pipeline: str = ""  # the Diffusers pipeline class; "" = the family's (LTX2Pipeline / LTXPipeline)
+    distilled: bool = False  # fixed 8-step schedule (DISTILLED_SIGMA_VALUES), guidance 1, no stage-2 LoRA
+    steps_preview: int = 10
+    steps_production: int = 30  # stage 1 of production (stage 2 is always the 3-step distilled schedule)
+    audio_guidance: float | None = None  # classifier-free guidance for the audio; None: the video's
+    stg_scale: float = 0.0  # spatio-temporal guidance, video and audio (0: off)
+    stg_block: int | None = None  # the transformer block STG perturbs (needed when stg_scale > 0)
+    modality_scale: float = 1.0  # modality-isolation guidance, video and audio (1: off)
+    fps: float = 24.0  # the frame rate a job gets when neither it nor the config's [defaults] says
+    image_crf: int = 33  # H.264 CRF the conditioning image goes through (33 through LTX-2.3, 18 from LTX-2.5)
+    image_to_video: bool = True  # whether hotfolder runs an [image] job on it
+    duration_head: bool = False  # duration = "auto": the model chooses the length (LTX-2.5)
+    prompt_enhancer: str | None = None  # enhance_prompt = true: the enhancer's identity (in the cache key)
+    stage2_lora_repo: str | None = None  # production's stage 2 on non-distilled weights: the distilled LoRA ...
+    stage2_lora: str | None = None  # ... file in that repository (loaded once, enabled for stage 2 only)
 
     @property
     def label(self) -> str:
@@ -59,26 +85,108 @@ class ModelInfo:
             return f"{self.name} (tiny random weights: the output is noise, for tests and the demo)"
         return self.name
 
+    def steps(self, mode: str) -> int:
+        """Denoising steps a job in `mode` gets when it names none (a distilled model's are fixed: 8)."""
+        if self.distilled:
+            return DISTILLED_STEPS
+        return self.steps_production if mode == "production" else self.steps_preview
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.pipeline or ("LTX2Pipeline" if self.family == "ltx2" else "LTXPipeline")
+
+
+# Distilled checkpoints run Diffusers' `DISTILLED_SIGMA_VALUES`: 8 steps, whatever a job asks.
+DISTILLED_STEPS = 8
+# The distilled LoRA the Diffusers LTX-2 docs load for production's stage 2 on the non-distilled weights
+# (`Lightricks/LTX-2`, https://huggingface.co/Lightricks/LTX-2/blob/main/ltx-2-19b-distilled-lora-384.safetensors).
+LTX2_STAGE2_LORA = ("Lightricks/LTX-2", "ltx-2-19b-distilled-lora-384.safetensors")
+# LTX-2.3's (Lightricks/LTX-2.3 commit 76730e6, "Upload model files": ltx-2.3-22b-distilled-lora-384-1.1.safetensors).
+LTX23_STAGE2_LORA = ("Lightricks/LTX-2.3", "ltx-2.3-22b-distilled-lora-384-1.1.safetensors")
+GEMMA3_MLX = "mlx-community/gemma-3-12b-it-bf16"
+# LTX-2.3 defaults: the `LTX2Pipeline.__call__` docstring of diffusers 0.42 ("for LTX-2.3 they suggest 3.0 for video
+# and 7.0 for audio"; STG 1.0 and modality 3.0 for both; STG block 28 for LTX-2.3, 29 for LTX-2.0).
+_LTX23 = dict(version="2.3", guidance=3.0, audio_guidance=7.0, stg_scale=1.0, modality_scale=3.0, stg_block=28,
+              max_duration=20.0)
+# LTX-2.5: `LTX2DFRPipeline` (diffusers 0.42 `pipeline_ltx2_dfr.py`, example repo `Lightricks/LTX-2.5-Diffusers`):
+# the distilled schedule with no guidance, a duration head (`num_frames` omitted: 1 to 20 s), a Gemma 4 prompt
+# enhancer (`google/gemma-4-E2B-it`, `LTX2_5_T2V_DEFAULT_SYSTEM_PROMPT` / `LTX2_5_I2V_...`), CRF 18 images.
+_LTX25 = dict(version="2.5", pipeline="LTX2DFRPipeline", distilled=True, guidance=1.0, image_crf=18,
+              duration_head=True, prompt_enhancer="gemma-4-E2B-it (LTX2_5 default system prompts)",
+              max_duration=20.0)
+_DISTILLED = dict(distilled=True, guidance=1.0)
+# revision of a tiny model: bump when the code that builds its weights changes (it is their cache identity).
+_TINY = dict(tiny=True, max_duration=20.0)
 
 BUILTIN_MODELS: dict[str, ModelInfo] = {
+    # LTX-2 (19B, January 2026), Diffusers layout in Lightricks/LTX-2 (latent_upsampler/ folder beside the
+    # components). The Diffusers LTX-2 two-stage recipe (docs/source/en/api/pipelines/ltx2.md) passes guidance 4.0
+    # and leaves the rest to LTX2Pipeline's defaults: audio guidance 7.0, STG 1.0, modality 3.0; its docstring
+    # recommends STG block 29 for LTX-2.0 (28 is LTX-2.3's) and the legacy use_cross_timestep=False for 2.0.
+    # MLX: the unified mlx-video-with-audio 0.1.37 default (notapalindrome/ltx2-mlx-av).
     "ltx-2": ModelInfo(
         name="ltx-2",
         family="ltx2",
         diffusers_repo="Lightricks/LTX-2",
         mlx_repo="notapalindrome/ltx2-mlx-av",
-        mlx_text_encoder_repo="mlx-community/gemma-3-12b-it-bf16",
+        mlx_text_encoder_repo=GEMMA3_MLX,
         max_duration=20.0,
         guidance=4.0,
+        audio_guidance=7.0,
+        stg_scale=1.0,
+        stg_block=29,
+        modality_scale=3.0,
         size_gb=42.0,
+        stage2_lora_repo=LTX2_STAGE2_LORA[0],
+        stage2_lora=LTX2_STAGE2_LORA[1],
     ),
+    # LTX-2 distilled (8 steps, no guidance: the fast pipeline Lightricks recommends). Lightricks ships it only as a
+    # single file (ltx-2-19b-distilled.safetensors in Lightricks/LTX-2); the Diffusers LTX-2 docs' "Distilled
+    # checkpoint generation" example (docs/source/en/api/pipelines/ltx2.md) loads this conversion, with its own
+    # latent_upsampler/ folder: rootonchair/LTX-2-19b-distilled.
+    "ltx-2-distilled": ModelInfo(
+        name="ltx-2-distilled",
+        family="ltx2",
+        diffusers_repo="rootonchair/LTX-2-19b-distilled",
+        size_gb=42.0,  # (on MLX, `ltx-2` already runs the distilled 8 + 3 step schedule)
+        **_DISTILLED,
+    ),
+    # LTX-2.3 (22B): Diffusers layout in the diffusers organisation (NVIDIA NeMo's model coverage page
+    # "LTX-2.3-Diffusers, HF Org diffusers"; the distilled sibling https://huggingface.co/diffusers/
+    # LTX-2.3-Distilled-Diffusers is an LTX2Pipeline with an LTX2VocoderWithBWE).
+    "ltx-2.3": ModelInfo(
+        name="ltx-2.3",
+        family="ltx2",
+        diffusers_repo="diffusers/LTX-2.3-Diffusers",
+        size_gb=46.0,
+        stage2_lora_repo=LTX23_STAGE2_LORA[0],
+        stage2_lora=LTX23_STAGE2_LORA[1],
+        **_LTX23,
+    ),
+    "ltx-2.3-distilled": ModelInfo(
+        name="ltx-2.3-distilled",
+        family="ltx2",
+        diffusers_repo="diffusers/LTX-2.3-Distilled-Diffusers",  # its model card on huggingface.co
+        size_gb=46.0,
+        **{**_LTX23, **_DISTILLED, "audio_guidance": None, "stg_scale": 0.0, "modality_scale": 1.0},
+    ),
+    # LTX-2.3 distilled, 4-bit, for mlx-video-with-audio 0.1.37 (its README's q4 checkpoint, ~19 GB).
     "ltx-2.3-q4": ModelInfo(
         name="ltx-2.3-q4",
         family="ltx2",
         mlx_repo="dgrauet/ltx-2.3-mlx-distilled-q4",
-        mlx_text_encoder_repo="mlx-community/gemma-3-12b-it-bf16",
-        max_duration=20.0,
-        guidance=1.0,
+        mlx_text_encoder_repo=GEMMA3_MLX,
         size_gb=19.4,
+        **{**_LTX23, **_DISTILLED, "audio_guidance": None, "stg_scale": 0.0, "modality_scale": 1.0},
+    ),
+    # LTX-2.5: https://huggingface.co/Lightricks/LTX-2.5-Diffusers (gated: accept the licence on the page first),
+    # the repository the LTX2DFRPipeline docstring loads.
+    "ltx-2.5": ModelInfo(
+        name="ltx-2.5",
+        family="ltx2",
+        diffusers_repo="Lightricks/LTX-2.5-Diffusers",
+        size_gb=60.0,
+        **_LTX25,
     ),
     "ltx-video": ModelInfo(
         name="ltx-video",
@@ -88,9 +196,22 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
         max_duration=10.0,
         guidance=3.0,
         size_gb=9.5,
+        version="",
+        image_crf=0,
     ),
-    # revision: bump when the code that builds the tiny weights changes (it is their cache identity).
-    "tiny": ModelInfo(name="tiny", family="ltx2", tiny=True, guidance=1.0, max_duration=20.0, revision="builtin-1"),
+    # The tiny models: each family's real pipeline classes with random weights (noise), built in code by
+    # hotfolder.backends.diffusers.tiny; guidance off (noise whatever the guidance). Non-distilled ones carry a tiny
+    # distilled LoRA for production's stage 2, saved in the real file's format.
+    "tiny": ModelInfo(name="tiny", family="ltx2", guidance=1.0, revision="builtin-1",
+                      stage2_lora_repo="builtin", stage2_lora="tiny-distilled-lora.safetensors", **_TINY),
+    "tiny-distilled": ModelInfo(name="tiny-distilled", family="ltx2", revision="builtin-1",
+                                **{**_DISTILLED, **_TINY}),
+    "tiny-2.3": ModelInfo(name="tiny-2.3", family="ltx2", revision="builtin-1", stage2_lora_repo="builtin",
+                          stage2_lora="tiny-2.3-distilled-lora.safetensors",
+                          **{**_LTX23, "guidance": 1.0, "audio_guidance": None, "stg_scale": 0.0,
+                             "modality_scale": 1.0, **_TINY}),
+    "tiny-2.5": ModelInfo(name="tiny-2.5", family="ltx2", revision="builtin-1",
+                          **{**_LTX25, "prompt_enhancer": "tiny Gemma 4 (LTX2_5 default system prompts)", **_TINY}),
     "tiny-ltx-video": ModelInfo(
         name="tiny-ltx-video",
         family="ltx",
@@ -99,6 +220,8 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
         guidance=1.0,
         max_duration=20.0,
         revision="builtin-1",
+        version="",
+        image_crf=0,
     ),
 }
 
@@ -118,7 +241,7 @@ FORMATS: dict[str, tuple[int, int]] = {
     "instagram": (720, 720),  # 1:1
 }
 
-# Denoising steps when a job does not say.
+# Denoising steps when neither the job nor its model says (each model's own are `ModelInfo.steps(mode)`).
 MODE_STEPS: dict[str, int] = {"preview": 10, "production": 30}
 
 # Job-file defaults (section 3 of the spec); presets and job files override them.
@@ -140,7 +263,7 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {name: {"format": name} for name in
 # so that the config file's check can tell a job key written at its top level ("put it under [defaults]").
 JOB_KEYS = (
     "prompt", "negative_prompt", "format", "mode", "duration", "fps", "seed", "steps", "width", "height",
-    "priority", "cache", "backend", "model", "image", "audio", "output", "jobs",
+    "priority", "cache", "backend", "model", "enhance_prompt", "image", "audio", "output", "jobs",
 )  # fmt: skip
 JOB_TABLES: dict[str, tuple[str, ...]] = {
     "audio": ("file", "generate", "tts"),
@@ -167,6 +290,9 @@ def _above(low: float) -> Callable[[Any], bool]:
     return lambda value: value > low
 
 
+# Where generation runs: "local" (this process, one resident model) or "ray" (actors on a Ray cluster).
+EXECUTORS = ("local", "ray")
+
 CONFIG_KEYS: dict[str, Setting] = {
     "root": Setting("path"),
     "settle_seconds": Setting("number", "give seconds, 0 or more", _at_least(0)),
@@ -191,6 +317,11 @@ CONFIG_KEYS: dict[str, Setting] = {
     "mlx_memory_limit_gb": Setting("number", "give GiB (2**30 bytes) greater than 0", _above(0)),
     "mlx_cache_limit_gb": Setting("number", "give GiB (2**30 bytes), 0 or more", _at_least(0)),
     "notifications": Setting("bool"),
+    "executor": Setting("choice", choices=lambda: EXECUTORS),
+    "ray_address": Setting("text", 'give a Ray cluster\'s address: "auto" (the cluster `ray start` made on this machine), '
+                           '"HOST:6379" (its head node) or "ray://HOST:10001" (Ray Client)'),
+    "workers": Setting("integer", "give a whole number of workers, 1 or more (leave it out for one per GPU in the "
+                       "cluster)", _at_least(1)),
     "defaults": Setting("table", "job keys for every job, like duration = 8.0"),
     "presets": Setting("table", "one table per inbox folder, like [presets.longform] with mode = \"production\""),
     "models": Setting("table", "one table per model, like [models.my-ltx] with diffusers_repo = \"me/my-ltx\""),
@@ -211,7 +342,31 @@ MODEL_KEYS: dict[str, Setting] = {
     "tiny": Setting("bool"),
     "size_gb": Setting("number", "give the weights' size in GB (10**9 bytes), 0 or more", _at_least(0)),
     "local_path": Setting("path"),
+    "version": Setting("choice", choices=lambda: MODEL_VERSIONS),
+    "pipeline": Setting("choice", choices=lambda: PIPELINES),
+    "distilled": Setting("bool"),
+    "steps_preview": Setting("integer", "give a whole number of denoising steps from 1 to 200",
+                             lambda v: 1 <= v <= 200),
+    "steps_production": Setting("integer", "give a whole number of denoising steps from 1 to 200",
+                                lambda v: 1 <= v <= 200),
+    "audio_guidance": Setting("number", "give a number, 0 or more (the audio's classifier-free guidance)",
+                              _at_least(0)),
+    "stg_scale": Setting("number", "give a number, 0 or more (0 turns spatio-temporal guidance off)", _at_least(0)),
+    "stg_block": Setting("integer", "give the index of a transformer block, 0 or more (29 for LTX-2, 28 for "
+                         "LTX-2.3)", _at_least(0)),
+    "modality_scale": Setting("number", "give a number, 1 or more (1 turns modality guidance off)", _at_least(1)),
+    "fps": Setting("number", "give frames per second from 1 to 60", lambda v: 1 <= v <= 60),
+    "image_crf": Setting("integer", "give an H.264 CRF from 0 (no re-compression) to 51 (33 through LTX-2.3, 18 "
+                         "from LTX-2.5)", lambda v: 0 <= v <= 51),
+    "image_to_video": Setting("bool"),
+    "duration_head": Setting("bool"),
+    "prompt_enhancer": Setting("text", "give the prompt enhancer's name (it is part of the cache key)"),
+    "stage2_lora_repo": Setting("text", _REPO),
+    "stage2_lora": Setting("text", 'give the LoRA file\'s name in stage2_lora_repo, like '
+                           '"ltx-2-19b-distilled-lora-384.safetensors"'),
 }
+MODEL_VERSIONS = ("2", "2.3", "2.5", "")
+PIPELINES = ("LTX2Pipeline", "LTX2DFRPipeline", "LTXPipeline")
 CONFIG_MAX_BYTES = 1024 * 1024  # a config file is a few kB: more is a wrong file
 
 PATH_KEYS = ("cache_dir", "log_dir", "state_dir")
@@ -242,6 +397,9 @@ class Config:
     mlx_memory_limit_gb: float | None = None  # GiB (2**30 bytes)
     mlx_cache_limit_gb: float | None = None  # GiB
     notifications: bool = True
+    executor: str = "local"  # "ray": generation runs on a Ray cluster's actors (daemon/cluster.py)
+    ray_address: str = "auto"  # the cluster the "ray" executor joins
+    workers: int | None = None  # Ray actors (jobs in flight); None: one per GPU (or mlx slot) in the cluster
     job_defaults: Mapping[str, Any] = field(default_factory=lambda: dict(JOB_DEFAULTS))
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
     models: Mapping[str, ModelInfo] = field(default_factory=lambda: dict(BUILTIN_MODELS))
@@ -277,11 +435,14 @@ class Config:
             return self.models[name]
         path = Path(name).expanduser()
         if path.is_dir():
-            family = "ltx2"
+            family, extra = "ltx2", {}
             index = path / "model_index.json"
-            if index.is_file() and '"LTXPipeline"' in index.read_text(errors="replace"):
-                family = "ltx"
-            return ModelInfo(name=str(path), family=family, has_audio=family == "ltx2", local_path=str(path))
+            text = index.read_text(errors="replace") if index.is_file() else ""
+            if '"LTXPipeline"' in text:
+                family, extra = "ltx", {"version": "", "image_crf": 0}
+            elif '"LTX2DFRPipeline"' in text:  # an LTX-2.5 folder: run as ltx-2.5 is
+                extra = {k: v for k, v in _LTX25.items() if k != "prompt_enhancer"}
+            return ModelInfo(name=str(path), family=family, has_audio=family == "ltx2", local_path=str(path), **extra)
         return None
 
     def with_overrides(self, **kwargs: Any) -> Config:

@@ -333,8 +333,11 @@ def test_an_mlx_only_model_is_weights_missing(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def saved_tiny(ltx2: diffusers_ltx.DiffusersBackend, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny LTX-2 saved as a Diffusers folder (under 1 MB): real weights as far as loading goes."""
+    from hotfolder.backends.diffusers import tiny
+
     folder = tmp_path_factory.mktemp("saved") / "tiny-ltx2"
-    ltx2.pipe.save_pretrained(folder)
+    # Built afresh: the resident one may carry the stage-2 LoRA's peft layers (production loads it once, keeps it).
+    tiny.build_ltx2_pipeline().save_pretrained(folder)
     return folder
 
 

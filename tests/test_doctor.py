@@ -19,7 +19,10 @@ from hotfolder.commands.agent import AgentStatus
 from hotfolder.config import Config
 from hotfolder.commands.doctor import FAIL, OK, WARN, Probes
 from hotfolder.commands.models import GB, ModelState
+from hotfolder.backends.memory import Machine
 from hotfolder.weights import RepoState
+
+BIG = Machine(ram=512 * GB, gpu_total=141 * GB, gpu_free=140 * GB, gpu_name="NVIDIA H200")
 
 
 def _present(model, backend) -> ModelState:
@@ -45,6 +48,7 @@ def _probes(tmp_path: Path, **kw) -> Probes:
         hub_cache=tmp_path / "hub",
         agent=_running,
         home=tmp_path / "home",
+        memory=lambda: BIG,
     )
     base.update(kw)
     return Probes(**base)
@@ -287,3 +291,40 @@ def test_without_a_user_bus_the_agent_check_says_why(config: Config, tmp_path: P
                                    detail="`loginctl enable-linger` ...")
     c = _by_name(doctor.run_checks(config, _probes(tmp_path, agent=no_bus)))["agent"]
     assert c.status == WARN and "no user bus" in c.detail and "enable-linger" in c.detail
+
+
+# -- memory, said before it bites ------------------------------------------------------------------------------------
+def test_each_models_memory_is_shown_for_this_machines_device(config: Config, tmp_path: Path) -> None:
+    from hotfolder.backends import memory
+
+    checks = _by_name(doctor.run_checks(config, _probes(tmp_path)))
+    assert checks["memory"].status == OK and "512.0 GB of RAM" in checks["memory"].detail
+    assert "the GPU NVIDIA H200 with 141.0 GB" in checks["memory"].detail
+    ltx2 = checks["memory ltx-2"]
+    est = memory.estimate(config.model_info("ltx-2"), "diffusers", "cuda")  # the device the probe answered
+    assert ltx2.status == OK and ltx2.detail.startswith(f"diffusers on cuda: about {est.total / GB:.1f} GB")
+    assert f"weights {est.weights / GB:.1f} GB bfloat16 + text encoder {est.text_encoder / GB:.1f} GB" in ltx2.detail
+    assert "fits the GPU" in ltx2.detail
+    assert not any(name.startswith("memory tiny") for name in checks)  # built in code: always fits
+
+
+def test_a_default_model_too_big_for_this_machine_fails_with_the_numbers(config: Config, tmp_path: Path) -> None:
+    """A 32 GB Mac-sized machine with no GPU: ltx-2 (the default) cannot fit, so every job would be refused."""
+    small = Machine(ram=32 * GB)
+    probes = _probes(tmp_path, memory=lambda: small, device=lambda backend: (OK, "mps", "Apple GPU"))
+    checks = _by_name(doctor.run_checks(config, probes))
+    c = checks["memory ltx-2"]
+    assert c.status == FAIL and "diffusers on mps" in c.detail and "float32" in c.detail
+    assert "this machine has 32.0 GB of memory" in c.detail and "hotfolder models list" in c.fix
+    # Another model too big, whose weights are here: a warning (jobs that name it are refused).
+    assert checks["memory ltx-2.3"].status == WARN and "refused" in checks["memory ltx-2.3"].fix
+    assert doctor.run_doctor(config, probes) == 1
+
+
+def test_another_model_too_big_and_not_downloaded_is_said_in_passing(config: Config, tmp_path: Path) -> None:
+    small = Machine(ram=32 * GB)
+    tiny_default = Config(root=config.root, cache_dir=config.cache_dir, model="tiny")
+    checks = _by_name(doctor.run_checks(tiny_default, _probes(tmp_path, memory=lambda: small, model_state=_missing,
+                                                              device=lambda backend: (WARN, "cpu", "no GPU"))))
+    c = checks["memory ltx-2"]
+    assert c.status == OK and "jobs naming it are refused here" in c.detail

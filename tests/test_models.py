@@ -17,6 +17,7 @@ from hotfolder import weights
 from hotfolder.backends import choose
 from hotfolder.commands import models
 from hotfolder.cli import main
+from hotfolder.backends import memory
 from hotfolder.config import BUILTIN_MODELS, Config, ModelInfo
 from hotfolder.errors import HotfolderError, UsageError
 
@@ -54,6 +55,11 @@ DIFFUSERS_FILES = {
     "vae/diffusion_pytorch_model.safetensors": b"3" * 500,
     "scheduler/scheduler_config.json": b"{}",
 }
+
+
+GB = models.GB
+UPSAMPLER = {"latent_upsampler/config.json": b"{}", "latent_upsampler/diffusion_pytorch_model.safetensors": b"u" * 100}
+LORA_FILE = "ltx-2-19b-distilled-lora-384.safetensors"  # Lightricks/LTX-2's, which production's stage 2 loads
 
 
 def _config(tmp_path: Path, **models_: ModelInfo) -> Config:
@@ -106,11 +112,20 @@ def test_mlx_needs_the_model_and_its_text_encoder(tmp_path: Path) -> None:
     assert models.model_state(model, "mlx", cache).present
 
 
+def _columns(out: str) -> dict[str, dict[str, str]]:
+    """`models list`'s table, each row cut at its header's column starts."""
+    header, *lines = out.split("\n\n")[0].splitlines()
+    names = [c.strip() for c in header.split("  ") if c.strip()]
+    starts = [header.index(n) for n in names] + [10_000]
+    return {line.split()[0]: {n.lower(): line[starts[i]:starts[i + 1]].strip() for i, n in enumerate(names)}
+            for line in lines if line.strip()}
+
+
 def test_list_prints_the_table(tmp_path: Path, capsys) -> None:
     cache = tmp_path / "hub"
     _put(cache, "Lightricks/LTX-Video", {"model_index.json": b'{"vae": ["diffusers", "V"]}',
                                          "vae/x.safetensors": b"v" * 100})
-    models.list_models(_config(tmp_path), cache=cache)
+    models.list_models(_config(tmp_path), cache=cache, backend="diffusers", machine=memory.Machine(ram=64 * GB))
     out = capsys.readouterr().out
     header, *rows = out.splitlines()
     assert header.split()[:3] == ["NAME", "BACKEND", "REPOS"]
@@ -118,6 +133,48 @@ def test_list_prints_the_table(tmp_path: Path, capsys) -> None:
     assert "present (video only)" in row["ltx-video"] and "Lightricks/LTX-Video" in row["ltx-video"]
     assert row["ltx-2"].rstrip().endswith("missing") and "42.0 GB" in row["ltx-2"]
     assert "built in" in row["tiny"]
+
+
+def test_list_shows_each_models_memory_on_this_machine_and_whether_it_fits(tmp_path: Path, capsys) -> None:
+    """The memory columns: weights (with their dtype), text encoder, decoding, and fits, for the device this machine
+    would use; the numbers are memory.estimate's (proven parameter counts times the dtype's bytes)."""
+    small = memory.Machine(ram=32 * GB)
+    models.list_models(_config(tmp_path), cache=tmp_path / "hub", backend="diffusers", machine=small)
+    out = capsys.readouterr().out
+    table = _columns(out)
+    device = memory.device_for("diffusers", None)
+    est = memory.estimate(BUILTIN_MODELS["ltx-2"], "diffusers", device)
+    ltx2 = table["ltx-2"]
+    assert (ltx2["device"], ltx2["weights"], ltx2["text enc"], ltx2["decoding"], ltx2["fits"]) == (
+        device, f"{est.weights / GB:.1f} GB {est.dtype}", f"{est.text_encoder / GB:.1f} GB",
+        f"{est.decoding / GB:.1f} GB", "no")
+    assert table["ltx-2.5"]["weights"].startswith("~")  # Gemma 4 and the connectors: assumed, and said so
+    assert table["tiny"]["fits"] == "yes" and table["tiny"]["weights"] == "-"
+    assert "32.0 GB of RAM" in out and ("float32" if device != "cuda" else "bfloat16") in ltx2["weights"]
+
+    # An H200: everything on the GPU, in bfloat16.
+    h200 = memory.Machine(ram=256 * GB, gpu_total=141 * GB, gpu_free=140 * GB, gpu_name="NVIDIA H200")
+    models.list_models(_config(tmp_path), cache=tmp_path / "hub", backend="diffusers", machine=h200)
+    table = _columns(capsys.readouterr().out)
+    assert table["ltx-2"]["device"] == "cuda" and table["ltx-2"]["weights"].endswith("bfloat16")
+    assert table["ltx-2"]["fits"] == "yes"
+    # A 48 GB GPU: runs with model CPU offload.
+    l40 = memory.Machine(ram=128 * GB, gpu_total=48 * GB, gpu_free=47 * GB, gpu_name="L40S")
+    models.list_models(_config(tmp_path), cache=tmp_path / "hub", backend="diffusers", machine=l40)
+    assert _columns(capsys.readouterr().out)["ltx-2"]["fits"] == "offload"
+
+
+def test_list_says_what_production_still_needs_when_the_pipeline_is_here(tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "hub"
+    _put(cache, "Lightricks/LTX-2", DIFFUSERS_FILES)
+    big = memory.Machine(ram=512 * GB)
+    models.list_models(_config(tmp_path), cache=cache, backend="diffusers", machine=big)
+    status = _columns(capsys.readouterr().out)["ltx-2"]["status"]
+    assert status == "present; production needs the latent upsampler and stage-2 LoRA", status
+
+    _put(cache, "Lightricks/LTX-2", {**DIFFUSERS_FILES, **UPSAMPLER, LORA_FILE: b"l" * 10})
+    models.list_models(_config(tmp_path), cache=cache, backend="diffusers", machine=big)
+    assert _columns(capsys.readouterr().out)["ltx-2"]["status"] == "present"
 
 
 # -- pull ---------------------------------------------------------------------------------------
@@ -180,22 +237,63 @@ def test_pull_counts_what_an_earlier_pull_left_when_checking_the_disk(tmp_path: 
 def test_pull_downloads_only_what_the_pipeline_loads_and_reports_ready(tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     repo_files = {**DIFFUSERS_FILES, "ltx-2-19b-dev.safetensors": b"x" * 5000, "transformer/weights.bin": b"b",
-                  "README.md": b"# LTX-2", "latent_upsampler/config.json": b"{}",
-                  "latent_upsampler/diffusion_pytorch_model.safetensors": b"u" * 100}
+                  "README.md": b"# LTX-2", **UPSAMPLER, LORA_FILE: b"l" * 300}
     hub = FakeHub({"Lightricks/LTX-2": repo_files})
+    said: list[str] = []
     assert models.pull(_config(tmp_path), "ltx-2", backend="diffusers", cache=cache, downloader=hub,
-                       disk_free=lambda _: 100 * models.GB, env={}, say=lambda _: None) == 0
+                       disk_free=lambda _: 100 * models.GB, env={}, say=said.append) == 0
 
-    last = hub.calls[-1]
-    # The pipeline's components, plus the x2 latent upsampler that production mode loads from its own folder.
-    assert last["allow_patterns"] == ["model_index.json", "transformer/*", "vae/*", "scheduler/*",
-                                      "latent_upsampler/*"]
-    assert "*.bin" in last["ignore_patterns"]
+    pipeline, lora = hub.calls[1], hub.calls[2]
+    # The pipeline's components, plus the x2 latent upsampler that production mode loads from its own folder ...
+    assert pipeline["allow_patterns"] == ["model_index.json", "transformer/*", "vae/*", "scheduler/*",
+                                          "latent_upsampler/*"]
+    assert "*.bin" in pipeline["ignore_patterns"]
+    # ... and the distilled LoRA that production's stage 2 loads on these non-distilled weights: that file only.
+    assert (lora["repo_id"], lora["allow_patterns"]) == ("Lightricks/LTX-2", [LORA_FILE])
     snap = weights.repo_folder(cache=cache, repo="Lightricks/LTX-2") / "snapshots" / COMMIT
     assert not (snap / "ltx-2-19b-dev.safetensors").exists()  # the other checkpoints in the repo stay remote
     assert not (snap / "transformer" / "weights.bin").exists()
     assert (snap / "latent_upsampler" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (snap / LORA_FILE).read_bytes() == b"l" * 300
     assert models.model_state(BUILTIN_MODELS["ltx-2"], "diffusers", cache).present
+    assert [e.present for e in choose.production_extras(BUILTIN_MODELS["ltx-2"], "diffusers", cache)] == [True, True]
+    assert any(f"- Lightricks/LTX-2/{LORA_FILE}" in line for line in said), said
+    assert "Latent upsampler: present. Stage-2 LoRA: present." in said[-1], said
+
+
+def test_pull_says_first_when_the_model_will_not_fit_this_machine(tmp_path: Path) -> None:
+    hub = FakeHub({"Lightricks/LTX-Video": {"model_index.json": b'{"vae": ["diffusers", "V"]}',
+                                            "vae/x.safetensors": b"v" * 100}})
+    said: list[str] = []
+    small = memory.Machine(ram=8 * GB)
+    assert models.pull(_config(tmp_path), "ltx-video", backend="diffusers", cache=tmp_path / "hub", downloader=hub,
+                       disk_free=lambda _: 100 * GB, env={}, say=said.append, machine=small) == 0
+    assert said[1].startswith("note: ltx-video needs about") and "8.0 GB of memory" in said[1], said
+    assert "will refuse it" in said[1] and len(hub.calls) == 2  # said, then pulled all the same
+    said.clear()
+    big = memory.Machine(ram=512 * GB)
+    models.pull(_config(tmp_path), "ltx-video", backend="diffusers", cache=tmp_path / "hub2", downloader=hub,
+                disk_free=lambda _: 100 * GB, env={}, say=said.append, machine=big)
+    assert not any(line.startswith("note:") for line in said), said
+
+
+def test_pull_of_a_distilled_model_fetches_no_lora_and_says_when_the_repo_has_no_upsampler(tmp_path: Path) -> None:
+    cache = tmp_path / "hub"
+    distilled = BUILTIN_MODELS["ltx-2-distilled"]
+    hub = FakeHub({distilled.diffusers_repo: DIFFUSERS_FILES})  # no latent_upsampler/ folder in this repository
+    said: list[str] = []
+    assert models.pull(_config(tmp_path), "ltx-2-distilled", backend="diffusers", cache=cache, downloader=hub,
+                       disk_free=lambda _: 100 * models.GB, env={}, say=said.append) == 0
+    assert [c["repo_id"] for c in hub.calls] == [distilled.diffusers_repo] * 2  # no LoRA: distilled weights
+    assert f"Latent upsampler: not in {distilled.diffusers_repo}." in said[-2]
+    assert 'mode = "production" cannot run with ltx-2-distilled' in said[-1]
+
+
+def test_a_lora_the_download_did_not_bring_fails_the_pull_saying_to_resume(tmp_path: Path) -> None:
+    hub = FakeHub({"Lightricks/LTX-2": {**DIFFUSERS_FILES, **UPSAMPLER}})  # the LoRA file never arrives
+    with pytest.raises(HotfolderError, match=f"stage-2 LoRA Lightricks/LTX-2/{LORA_FILE} is still missing"):
+        models.pull(_config(tmp_path), "ltx-2", backend="diffusers", cache=tmp_path / "hub", downloader=hub,
+                    disk_free=lambda _: 100 * models.GB, env={}, say=lambda _: None)
 
 
 def test_pull_says_how_to_resume_when_the_download_stops(tmp_path: Path) -> None:

@@ -103,7 +103,8 @@ def test_preview_stays_one_stage(ltx2: diffusers_ltx.DiffusersBackend) -> None:
     clip = ltx2.generate(make_spec(width=128, height=64, steps=3), on_step)
     assert {c[0] for c in calls} == {"denoise"} and len(calls) == 3
     assert clip.info["stages"] == [
-        {"name": "denoise", "width": 128, "height": 64, "pipeline": "LTX2Pipeline", "steps": 3}
+        {"name": "denoise", "width": 128, "height": 64, "pipeline": "LTX2Pipeline", "steps": 3,
+         "weights": "built in code (tiny tiny@builtin-1)", "adapters": []}
     ]
 
 
@@ -169,7 +170,8 @@ def test_an_image_changes_the_output_and_the_same_image_gives_the_same_frames(
     assert not np.array_equal(with_image.frames, other.frames)
     assert with_image.audio is not None
     assert with_image.info["pipeline"] == "LTX2ImageToVideoPipeline"
-    assert with_image.info["image"] == {"strength": 1.0, "crf": diffusers_ltx.IMAGE_CRF}
+    assert with_image.info["image"] == {"strength": 1.0, "crf": BUILTIN_MODELS["tiny"].image_crf} == {
+        "strength": 1.0, "crf": 33}  # LTX-2's CRF (33 through LTX-2.3; 18 from LTX-2.5)
     # 160x100 covers 64x64 by its centre 100x100 (crop box in the source's pixels), resized once.
     assert with_image.info["image_fit"] == {
         "method": "cover+centre-crop",
@@ -294,8 +296,11 @@ def test_ltx_video_image_to_video_and_its_one_stage_production(tmp_path: Path, i
 
 @pytest.fixture(scope="module")
 def saved_tiny(ltx2: diffusers_ltx.DiffusersBackend, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hotfolder.backends.diffusers import tiny
+
     folder = tmp_path_factory.mktemp("saved") / "tiny-ltx2"
-    ltx2.pipe.save_pretrained(folder)
+    # Built afresh: the resident one may carry the stage-2 LoRA's peft layers (production loads it once, keeps it).
+    tiny.build_ltx2_pipeline().save_pretrained(folder)
     return folder
 
 
@@ -317,15 +322,26 @@ def test_missing_upsampler_weights_are_weights_missing_at_once_and_preview_still
         assert 'mode = "preview"' in (caught.value.hint or "")
         assert backend.generate(make_spec(model="ltx-2"), no_progress).frames.shape == (9, 64, 64, 3)
 
-        # With the upsampler's folder in the snapshot, production loads it with from_pretrained
-        # and makes what the tiny model makes (to the last bit of float32: a loaded copy of the
+        # With the upsampler's folder in the snapshot, production still needs the distilled LoRA for
+        # stage 2 (ltx-2 is not distilled): WeightsMissing at once, naming the file and the pull command.
+        tiny.build_ltx2_latent_upsampler().save_pretrained(snapshot / diffusers_ltx.UPSAMPLER_SUBFOLDER)
+        with pytest.raises(WeightsMissing) as caught:
+            backend.generate(make_spec(mode="production", width=128, height=64, model="ltx-2"), on_step)
+        assert calls == [] and "ltx-2-19b-distilled-lora-384.safetensors" in str(caught.value)
+        assert "hotfolder models pull ltx-2" in (caught.value.hint or "")
+
+        # With the LoRA file there too (the tiny one, in the real file's layout, under the real name), production
+        # loads both and makes what the tiny model makes (to the last bit of float32: a loaded copy of the
         # tiny pipeline already differs from the built one by 1/255 in a few pixels at 128x64,
         # in preview as well).
-        tiny.build_ltx2_latent_upsampler().save_pretrained(snapshot / diffusers_ltx.UPSAMPLER_SUBFOLDER)
+        tiny.save_distilled_lora(backend.pipe.transformer, snapshot, "ltx-2-19b-distilled-lora-384.safetensors")
         spec = make_spec(mode="production", width=128, height=64)
         clip = backend.generate(dataclasses.replace(spec, model="ltx-2"), no_progress)
         assert clip.info["upsampler"]["source"].endswith(diffusers_ltx.UPSAMPLER_SUBFOLDER)
         assert [s["name"] for s in clip.info["stages"]] == ["stage1", "stage2"]
+        assert clip.info["stages"][1]["adapters"][0]["source"] == (
+            "Lightricks/LTX-2/ltx-2-19b-distilled-lora-384.safetensors")
+        assert clip.info["stages"][1]["adapters"][0]["file"].startswith(str(empty_hf_cache))
         assert np.abs(clip.frames.astype(np.int16) - ltx2.generate(spec, no_progress).frames).max() <= 1
     finally:
         backend.close()

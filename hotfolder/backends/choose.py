@@ -170,6 +170,17 @@ def _by_platform() -> tuple[str, str]:
     return "mlx", "Apple Silicon with mlx-video-with-audio"
 
 
+def runs_on(model: ModelInfo, backend: str) -> bool:
+    """Whether `backend` can run `model` at all: tiny models and local folders run anywhere, except that the
+    MLX backend builds only an LTX-2 tiny model (the tiny LTX-2.3 and LTX-2.5 run on Diffusers only); a model
+    from the table runs where it has weights."""
+    if model.tiny:
+        return backend != "mlx" or (model.family == "ltx2" and model.version == "2")
+    if model.local_path or (model.diffusers_repo is None and model.mlx_repo is None):
+        return True
+    return (model.mlx_repo if backend == "mlx" else model.diffusers_repo) is not None
+
+
 def wanted(model: ModelInfo, config: Config, requested: str = "auto") -> tuple[str, str]:
     """The backend this machine wants for `model`, whether or not its weights are here yet: (name, why).
 
@@ -179,10 +190,10 @@ def wanted(model: ModelInfo, config: Config, requested: str = "auto") -> tuple[s
     asked = _asked(requested, config)
     if asked:
         return asked, "asked for"
-    if model.diffusers_repo is None and model.mlx_repo is not None and not model.tiny:
+    if not runs_on(model, "diffusers"):
         return "mlx", f"model {model.name} exists only for MLX"
     name, why = _by_platform()
-    if name == "mlx" and model.mlx_repo is None and not (model.tiny or model.local_path):
+    if name == "mlx" and not runs_on(model, "mlx"):
         return "diffusers", f"model {model.name} has no MLX weights"
     return name, why
 
@@ -202,3 +213,71 @@ def resolve(requested: str, model: ModelInfo | None, config: Config) -> tuple[st
     if name == "mlx" and why.startswith("Apple Silicon"):
         why = "Apple Silicon with mlx-video-with-audio and the model's MLX weights"
     return name, why
+
+
+# -- what production needs beyond the pipeline: the latent upsampler, and the stage-2 LoRA (models, pull, doctor) ---
+UPSAMPLER_SUBFOLDER = "latent_upsampler"  # as the Diffusers backend loads it (its UPSAMPLER_SUBFOLDER)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One file or folder a production job loads besides the pipeline's components."""
+
+    what: str  # "latent upsampler" | "stage-2 LoRA"
+    repo: str
+    path: str  # inside the repository: a folder ("latent_upsampler/") or a file
+    present: bool
+    bytes: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.repo}/{self.path}"
+
+
+def stage2_lora(model: ModelInfo) -> tuple[str, str] | None:
+    """(repository, file) of the distilled LoRA production's stage 2 loads on non-distilled weights; else None."""
+    if model.tiny or model.local_path or getattr(model, "distilled", False):
+        return None
+    name = getattr(model, "stage2_lora", None)
+    repo = getattr(model, "stage2_lora_repo", None)
+    if not name:
+        return None
+    if not repo and name.count("/") >= 2:  # "org/repo/file.safetensors"
+        org, rest = name.split("/", 1)
+        repo_name, name = rest.split("/", 1)
+        repo = f"{org}/{repo_name}"
+    return (repo, name) if repo else None
+
+
+def production_extras(model: ModelInfo, backend: str, cache: Path | None = None) -> list[Extra]:
+    """The latent upsampler (an LTX-2 Diffusers repo's `latent_upsampler/` folder) and the stage-2 LoRA, as on disk.
+
+    Only for the Diffusers backend (MLX repos carry their upsampler inside, and run the distilled schedule).
+    """
+    if backend != "diffusers" or model.tiny or model.local_path or model.family != "ltx2" or not model.diffusers_repo:
+        return []
+    extras = []
+    main = weights.repo_state(model.diffusers_repo, model.revision, cache)
+    folder = main.snapshot / UPSAMPLER_SUBFOLDER if main.snapshot else None
+    files = [p for p in folder.iterdir() if p.is_file()] if folder is not None and folder.is_dir() else []
+    present = any(p.name == "config.json" for p in files) and any(p.suffix == ".safetensors" for p in files)
+    extras.append(Extra("latent upsampler", model.diffusers_repo, UPSAMPLER_SUBFOLDER + "/", present,
+                        sum(p.stat().st_size for p in files) if present else 0))
+    lora = stage2_lora(model)
+    if lora is not None:
+        repo, name = lora
+        state = main if repo == model.diffusers_repo else weights.repo_state(repo, None, cache)
+        path = state.snapshot / name if state.snapshot else None
+        present = path is not None and path.is_file()  # is_file follows the link: a missing blob is absent
+        extras.append(Extra("stage-2 LoRA", repo, name, present, path.stat().st_size if present else 0))
+    return extras
+
+
+def production_problem(model: ModelInfo, backend: str, cache: Path | None = None) -> str | None:
+    """What `mode = "production"` lacks on this machine (None when nothing): names each file and the pull."""
+    missing = [e for e in production_extras(model, backend, cache) if not e.present]
+    if not missing:
+        return None
+    return (f'mode = "production" with model {model.name} needs '
+            + " and ".join(f"the {e.what} ({e.where})" for e in missing)
+            + f", not on this machine: hotfolder models pull {model.name}")

@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # attribute access only
     from hotfolder.config import ModelInfo
     from hotfolder.job.spec import JobSpec
 
-KEY_SCHEMA = 3  # bump when the key, its fields or what is generated change (2: two-stage production; 3: image fit)
+# bump when the key, its fields or what is generated change (2: two-stage production; 3: image fit; 4: the model
+# table's run settings, stage 2's distilled LoRA, duration = "auto" and the prompt enhancer)
+KEY_SCHEMA = 4
 DERIVED_SCHEMA = 1  # bump when the way derived files (GIF, thumbnail) are made changes for the same settings
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -43,7 +45,8 @@ def cache_key(
     to the SHA-256 hex of its bytes (`file_sha256`); `extra` carries any other
     generation input the JobSpec grows (e.g. {"image_strength": 1.0}), JSON scalars.
     Not in the key: output name, gif, thumbnail, priority, source, preset, format
-    and duration (their effect is in width/height/num_frames), external audio / TTS.
+    and duration (their effect is in width/height/num_frames; `duration = "auto"` is), external audio / TTS.
+    With `enhance_prompt` the key holds the prompt as written and the enhancer's identity, not its output.
     """
     digests: dict[str, str] = {}
     for name, digest in attachments.items():
@@ -65,6 +68,20 @@ def cache_key(
         "fps": float(spec.fps),  # 24 and 24.0 are one key
         "steps": int(spec.steps),
         "guidance": float(model.guidance),
+        # How the model table says to run it (each can be changed in [models.NAME]): a change is another video.
+        "run": {
+            "pipeline": model.pipeline_class,
+            "distilled": bool(model.distilled),
+            "audio_guidance": None if model.audio_guidance is None else float(model.audio_guidance),
+            "stg": [float(model.stg_scale), model.stg_block],
+            "modality": float(model.modality_scale),
+            "image_crf": int(model.image_crf),
+            "stage2_lora": f"{model.stage2_lora_repo}/{model.stage2_lora}" if model.stage2_lora else None,
+        },
+        # duration = "auto": the duration head's choice follows from the rest (num_frames is 0 until then).
+        "duration_auto": bool(spec.duration_auto),
+        # enhance_prompt: the prompt as written (above) plus who rewrites it: the enhancer, in these weights.
+        "enhancer": f"{model.prompt_enhancer}@{model_identity}" if spec.enhance_prompt else None,
         "seed": int(spec.seed),
         "mode": spec.mode,
         # A model without an audio branch makes the same clip either way.

@@ -34,6 +34,7 @@ ROOT_MIN_FREE = 5 * GB  # a few results and their staging
 # service manager) run beside the other checks, and one that has not answered by its deadline is reported so.
 DEVICE_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 2.0
+CLUSTER_TIMEOUT_S = 20.0  # executor = "ray": importing ray and joining the cluster take seconds
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Probes:
     home: Path = field(default_factory=Path.home)
     device_timeout: float = DEVICE_TIMEOUT_S
     probe_timeout: float = PROBE_TIMEOUT_S
+    memory: Callable[[], object] | None = None  # this machine's memory (backends.memory.Machine); default: measured
 
     def __post_init__(self) -> None:
         if self.model_state is None:
@@ -221,6 +223,51 @@ def check_weights(config: Config, p: Probes) -> list[Check]:
     if default is not None and default.local_path and not Path(default.local_path).expanduser().is_dir():
         checks.append(Check(f"weights {config.model}", FAIL, "the folder does not exist",
                             "fix `model` in config.toml"))
+    return checks
+
+
+def _memory_here() -> object:
+    from hotfolder.backends import memory
+
+    return memory.machine(memory.nvidia_smi_memory())  # nvidia-smi, not torch: the doctor's process stays light
+
+
+def check_memory(config: Config, p: Probes, backend: str, device: Bounded | None = None) -> list[Check]:
+    """Each model's resident memory on the backend and device this machine would use, against the machine's.
+
+    The default model not fitting fails (the daemon would refuse every job); another model warns when its
+    weights are here (someone means to use it), else it is said in passing.
+    """
+    from hotfolder.backends import memory
+
+    here = (p.memory or _memory_here)()
+    gpu = (here.gpu_total, here.gpu_free, here.gpu_name) if here.gpu_total else None
+    probed = None
+    if device is not None:
+        answered, result = device.get()
+        probed = result[1] if answered and result and result[1] not in ("?", "none") else None
+    checks = [Check("memory", OK, f"this machine: {here.describe()}")]
+    for name, model in config.models.items():
+        if model.tiny or model.local_path:
+            continue
+        b = backend_for(model, config)
+        if b not in ("diffusers", "mlx") or not p.model_state(model, b).repos:
+            continue  # no weights for that backend: `weights NAME` says so
+        dev = probed if (probed and b == backend) else memory.device_for(b, gpu)
+        est = memory.estimate(model, b, dev)
+        verdict = memory.fit(est, here)
+        label, detail = f"memory {name}", f"{b} on {dev}: about {gb(est.total)} ({est.parts()}); {verdict.why}"
+        if verdict.fits:
+            checks.append(Check(label, OK, detail))
+        elif name == config.model:
+            checks.append(Check(label, FAIL, detail, "choose a model that fits this machine as `model` in "
+                                "config.toml (`hotfolder models list` shows which fit), or run on a machine with more "
+                                "memory; the daemon refuses this one before loading it"))
+        elif p.model_state(model, b).present:
+            checks.append(Check(label, WARN, detail, f"jobs naming {name} are refused here; delete its weights or "
+                                "run them on a larger machine"))
+        else:
+            checks.append(Check(label, OK, f"{detail} (jobs naming it are refused here)"))
     return checks
 
 
@@ -324,6 +371,47 @@ def check_agent(config: Config, p: Probes, probe: Bounded | None = None) -> Chec
     return Check("agent", WARN, f"{st.describe()}{beat}", "" if alive else "hotfolder agent install")
 
 
+def _survey(config: Config) -> object:
+    from hotfolder.daemon import cluster
+
+    return cluster.survey(config)
+
+
+def check_cluster(config: Config, p: Probes, probe: Bounded | None) -> list[Check]:
+    """executor = "ray": the ray package, the cluster at ray_address (reachable?), its nodes with their GPUs and
+    mlx slots, and how many workers the daemon would start there."""
+    if config.executor != "ray":
+        return []
+    address = config.ray_address
+    if p.version("ray") is None:
+        return [Check("cluster", FAIL, "executor = \"ray\" but the ray package is not installed",
+                      "pip install 'hotfolder[ray]' (or set executor = \"local\")")]
+    fix = (f"start the cluster (`ray start --head` on the GPU machine, `ray start --address HEAD:6379` on the "
+           f"others) or set ray_address (now {address!r}) to where it runs")
+    try:
+        answered, found = probe.get() if probe is not None else (True, None)
+    except Exception as e:  # noqa: BLE001 - the probe's error, in words
+        return [Check("cluster", FAIL, str(e), fix)]
+    if not answered:
+        return [Check("cluster", FAIL, f"the Ray cluster at {address} did not answer within {CLUSTER_TIMEOUT_S:g} s",
+                      fix)]
+    if not isinstance(found, dict):
+        return []
+    nodes = found["nodes"]
+    checks = [Check("cluster", OK, f"{address}: ray {found['ray']}, {len(nodes)} node(s), {found['workers']} "
+                                   f"worker(s) ({found['placement']})")]
+    for n in nodes:
+        role = "head" if n["head"] else "node"
+        has = ", ".join(f"{n[k]:g} {k}" for k in ("GPU", "mlx", "CPU") if n.get(k))
+        checks.append(Check(f"cluster {role}", OK, f"{n['host']} ({n['ip']}): {has or 'no CPU, GPU or mlx'}"))
+    gpus = sum(n.get("GPU", 0) + n.get("mlx", 0) for n in nodes)
+    if not gpus:
+        checks.append(Check("cluster gpus", WARN, "no GPU (and no mlx resource) in the cluster: workers run on CPU",
+                            "on each GPU machine `ray start --address HEAD:6379` (Ray finds NVIDIA GPUs); on a Mac "
+                            "add --resources '{\"mlx\": 1}'"))
+    return checks
+
+
 class Bounded:
     """A slow probe started on its own thread now, its answer collected later by a deadline."""
 
@@ -362,10 +450,14 @@ def run_checks(config: Config, probes: Probes | None = None) -> list[Check]:
     needs_device = not [d for d in BACKEND_PACKAGES.get(backend_name, ()) if p.version(d) is None]
     device = Bounded(lambda: p.device(backend_name), p.device_timeout) if needs_device else None
     agent = Bounded(lambda: p.agent(config), p.probe_timeout) if p.agent is not None else None
+    cluster = Bounded(lambda: _survey(config), CLUSTER_TIMEOUT_S) \
+        if config.executor == "ray" and p.version("ray") is not None else None
     checks = [check_python(p), check_packages(p)]
     backend_check, backend = check_backend(config, p, device)
-    checks += [backend_check, *check_weights(config, p), check_ffmpeg(p), *check_disk(config, p, backend),
+    checks += [backend_check, *check_weights(config, p), *check_memory(config, p, backend, device), check_ffmpeg(p),
+               *check_disk(config, p, backend),
                check_root(config, p), check_agent(config, p, agent)]
+    checks += check_cluster(config, p, cluster)
     return checks
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from hotfolder import weights
 from hotfolder.weights import GB, gb
-from hotfolder.backends import choose
+from hotfolder.backends import choose, memory
 from hotfolder.backends.choose import ModelState, model_state, repos_for
 from hotfolder.config import Config, ModelInfo
 from hotfolder.errors import HotfolderError, UsageError
@@ -43,31 +43,61 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def table(config: Config, *, cache: Path | None = None, backend: str = "auto") -> list[dict[str, str]]:
+def _fits(f: memory.Fit) -> str:
+    if not f.fits:
+        return "no"
+    return "offload" if f.offload else "yes"
+
+
+def table(config: Config, *, cache: Path | None = None, backend: str = "auto",
+          machine: memory.Machine | None = None) -> list[dict[str, str]]:
+    here = machine or memory.machine(memory.nvidia_smi_memory())
+    gpu = (here.gpu_total, here.gpu_free, here.gpu_name) if here.gpu_total else None
     rows = []
     for name, model in config.models.items():
         b = backend_for(model, config, backend)
         st = model_state(model, b, cache)
         repos = " + ".join(r for r, _ in repos_for(model, b)) or ("built in code" if model.tiny else "-")
+        device = memory.device_for(b, gpu)
+        has_weights = bool(repos_for(model, b)) or bool(model.local_path)
+        est = memory.estimate(model, b, device) if b in ("diffusers", "mlx") and has_weights else None
+        status = st.status + ("" if model.has_audio else " (video only)")
+        missing = [e.what for e in choose.production_extras(model, b, cache) if not e.present]
+        if st.present and missing:
+            status += f"; production needs the {' and '.join(missing)}"
         rows.append({
             "name": name,
             "backend": b,
+            "device": device if est is not None else "-",
             "repos": repos,
             "size": "-" if model.tiny or not model.size_gb else f"{model.size_gb:.1f} GB",
             "on disk": gb(st.bytes) if st.bytes else "-",
-            "status": st.status + ("" if model.has_audio else " (video only)"),
+            "weights": f"{'' if est.proven else '~'}{gb(est.weights)} {est.dtype}" if est else "-",
+            "text enc": f"{'' if est.proven else '~'}{gb(est.text_encoder)}" if est else "-",
+            "decoding": gb(est.decoding) if est else "-",
+            "fits": _fits(memory.fit(est, here)) if est else ("yes" if model.tiny else "-"),
+            "status": status,
         })
     return rows
 
 
-def list_models(config: Config, *, cache: Path | None = None, backend: str = "auto") -> int:
-    rows = table(config, cache=cache, backend=backend)
-    cols = ["name", "backend", "repos", "size", "on disk", "status"]
+def list_models(config: Config, *, cache: Path | None = None, backend: str = "auto",
+                machine: memory.Machine | None = None) -> int:
+    here = machine or memory.machine(memory.nvidia_smi_memory())
+    rows = table(config, cache=cache, backend=backend, machine=here)
+    cols = ["name", "backend", "repos", "size", "on disk", "device", "weights", "text enc", "decoding", "fits",
+            "status"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
-    print(f"\nHugging Face cache: {cache or weights.hub_cache()}. Download: hotfolder models pull NAME")
+    w, h, f = memory.REFERENCE_JOB
+    print(f"\nMemory, resident while a job runs here ({here.describe()}): the weights (bfloat16 on CUDA and MLX, "
+          f"float32 on MPS and the CPU), the text encoder, and what decoding a {w}x{h}, {f}-frame job adds. "
+          "fits: yes, offload (model CPU offload on a GPU too small for the whole pipeline), or no (the daemon "
+          "refuses it). ~: part of the count is assumed (no published configuration yet).")
+    print(f"Hugging Face cache: {cache or weights.hub_cache()}. Download: hotfolder models pull NAME "
+          "(the model, its latent upsampler and, for non-distilled LTX-2 weights, the stage-2 LoRA)")
     return 0
 
 
@@ -104,8 +134,15 @@ def check_disk(model: ModelInfo, state: ModelState, free: int, where: Path) -> N
 
 def pull(config: Config, name: str, *, backend: str = "auto", cache: Path | None = None,
          downloader: Downloader | None = None, disk_free: Callable[[Path], int] | None = None,
-         env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> int:
-    """Download a model's weights into the Hugging Face cache, resuming what is there."""
+         env: dict[str, str] | None = None, say: Callable[[str], None] = print,
+         machine: memory.Machine | None = None) -> int:
+    """Download a model's weights into the Hugging Face cache, resuming what is there.
+
+    With the pipeline come what production loads besides it: the latent upsampler (the repository's
+    `latent_upsampler/` folder) and, for non-distilled LTX-2 weights, the distilled LoRA of stage 2.
+    A model too big for this machine's memory is still pulled (the cache may serve a bigger machine),
+    but it is said first.
+    """
     downloader = downloader or _snapshot_download
     disk_free = disk_free or free_bytes
     model = find_model(config, name)
@@ -129,15 +166,46 @@ def pull(config: Config, name: str, *, backend: str = "auto", cache: Path | None
     check_disk(model, state, disk_free(cache), cache)
     say(f"pulling {model.name} for the {b} backend into {cache}"
         + (f" (resuming: {gb(state.bytes)} already here)" if state.bytes else ""))
+    if b in ("diffusers", "mlx"):
+        here = machine or memory.machine(memory.nvidia_smi_memory())
+        gpu = (here.gpu_total, here.gpu_free, here.gpu_name) if here.gpu_total else None
+        est = memory.estimate(model, b, memory.device_for(b, gpu))
+        verdict = memory.fit(est, here)
+        if est is not None and not verdict.fits:
+            say(f"note: {model.name} needs {est.describe()} with the {b} backend, but {verdict.why}: the daemon "
+                "on this machine will refuse it (pulling anyway: this cache may serve a bigger machine).")
     for repo, revision in repos:
         say(f"- {repo}" + (f" @ {revision}" if revision else ""))
         _pull_repo(repo, revision, cache, downloader)
+    lora = choose.stage2_lora(model) if b == "diffusers" else None
+    if lora is not None:
+        say(f"- {lora[0]}/{lora[1]} (the distilled LoRA production's stage 2 loads on these weights)")
+        _pull_file(lora[0], lora[1], cache, downloader)
     after = model_state(model, b, cache)
     if not after.present:
         raise HotfolderError(f"model {model.name} is still incomplete after the download: {after.problem}. "
                              f"Run `hotfolder models pull {name}` again to resume.")
-    say(f"{model.name} is ready ({gb(after.bytes)} on disk).")
+    extras = choose.production_extras(model, b, cache)
+    lost = [e for e in extras if not e.present and e.what == "stage-2 LoRA"]
+    if lost:
+        raise HotfolderError(f"the {lost[0].what} {lost[0].where} is still missing after the download. "
+                             f"Run `hotfolder models pull {name}` again to resume.")
+    say(f"{model.name} is ready ({gb(after.bytes)} on disk)."
+        + "".join(f" {e.what[0].upper() + e.what[1:]}: {'present' if e.present else 'not in ' + e.repo}."
+                  for e in extras))
+    if any(not e.present for e in extras):
+        say(f'  (without it, mode = "production" cannot run with {model.name}; "preview" can)')
     return 0
+
+
+def _pull_file(repo: str, filename: str, cache: Path, downloader: Downloader) -> None:
+    """One file of `repo` (latest revision) into the cache, resumable like the rest."""
+    try:
+        downloader(repo_id=repo, revision=None, cache_dir=str(cache), allow_patterns=[filename])
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise HotfolderError(_download_error(repo, e)) from e
 
 
 def _pull_repo(repo: str, revision: str | None, cache: Path, downloader: Downloader) -> None:
@@ -151,9 +219,7 @@ def _pull_repo(repo: str, revision: str | None, cache: Path, downloader: Downloa
             allow = ["model_index.json", *(f"{c}/*" for c in weights.components(index))]
             if str(index.get("_class_name", "")).startswith("LTX2"):
                 # Production mode's x2 latent upsampler is not a pipeline component, but the backend loads it.
-                from hotfolder.backends.diffusers.backend import UPSAMPLER_SUBFOLDER
-
-                allow.append(f"{UPSAMPLER_SUBFOLDER}/*")
+                allow.append(f"{choose.UPSAMPLER_SUBFOLDER}/*")
         downloader(**common, allow_patterns=allow, ignore_patterns=IGNORE_PATTERNS)
     except KeyboardInterrupt:
         raise

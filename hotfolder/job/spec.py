@@ -68,6 +68,10 @@ class JobSpec:
     audio_file: str | None = None  # [audio] file: replaces the soundtrack (post-processing, not in the key)
     audio_sha256: str | None = None  # the voice-over's digest, for the metadata only
     tts: str | None = None  # [audio] tts: text to narrate (post-processing, not in the key)
+    # LTX-2.5 (issue 13). duration = "auto": the model's duration head chooses the length; until the clip exists
+    # `duration` is 0.0 and `num_frames` 0, and the clip (and its info's "duration") says what was chosen.
+    duration_auto: bool = False
+    enhance_prompt: bool = False  # the model's prompt enhancer rewrites the prompt (info keeps both)
 
 
 # --- What a job file may hold --------------------------------------------------
@@ -295,29 +299,47 @@ def _resolve(
                       f"The models are {', '.join(known)}; a path to a folder of weights also works")  # fmt: skip
     requested = check.choice("backend", BACKENDS) or "auto"
     backend, why = choose.resolve(requested, model, config)
-    if model is not None and not _runs_on(model, backend):
+    if model is not None and not choose.runs_on(model, backend):
         other = "mlx" if backend == "diffusers" else "diffusers"
         check.bad("model", f"it has weights only for the {other} backend, and this job runs on {backend} ({why}); "
                   f"use backend = \"{other}\" or another model", verb=f"cannot run on {backend}")  # fmt: skip
 
-    # 3. Mode, steps, format.
+    # 3. Mode, steps, format. Each model has its own steps per mode; a distilled one's schedule is fixed.
     mode = check.choice("mode", MODES) or JOB_DEFAULTS["mode"]
     steps = check.integer("steps", *STEPS_RANGE, "give a whole number of denoising steps from 1 to 200")
-    if steps is None:
-        steps = MODE_STEPS[mode]
+    if steps is not None and model is not None and model.distilled:
+        _lacks(check, "steps", model, f"it is distilled and runs a fixed schedule of {model.steps(mode)} steps "
+               "(Diffusers' DISTILLED_SIGMA_VALUES); remove steps, or use a model that is not distilled")
+    if steps is None or (model is not None and model.distilled):
+        steps = model.steps(mode) if model is not None else MODE_STEPS[mode]
     fmt = check.choice("format", (*FORMATS, "custom")) or JOB_DEFAULTS["format"]
 
     # 4. Duration and frame rate (the number of frames is worked out with the size, in step 6).
+    #    duration = "auto": the model's duration head chooses (LTX-2.5); the frames are known once the clip is.
     limit = model.max_duration if model is not None else None
-    duration = check.number(
+    duration_auto = "duration" in fields and fields["duration"].value == "auto"
+    if duration_auto and model is not None and not model.duration_head:
+        _lacks(check, "duration", model, "it has no duration head to choose the length (LTX-2.5 has one); give "
+               "seconds instead, like duration = 5.0")
+    duration = None if duration_auto else check.number(
         "duration",
         lambda v: v > 0 and (limit is None or v <= limit),
         "give seconds greater than 0"
-        + (f" and at most {_num(limit)} (the limit of model '{model.name}')" if model is not None else ""),
+        + (f" and at most {_num(limit)} (the limit of model '{model.name}')" if model is not None else "")
+        + (', or "auto" (the model chooses)' if model is not None and model.duration_head else ""),
     )  # fmt: skip
     fps = check.number("fps", lambda v: FPS_RANGE[0] <= v <= FPS_RANGE[1], "give frames per second from 1 to 60")
     duration = float(duration if duration is not None else JOB_DEFAULTS["duration"])
+    if fps is None and model is not None and fields.get("fps", Field(0, CONFIG_DEFAULTS)).origin == CONFIG_DEFAULTS \
+            and "defaults.fps" not in config.origins:
+        fps = model.fps  # neither the job, its preset nor the config file says: the model's own frame rate
     fps = float(fps if fps is not None else JOB_DEFAULTS["fps"])
+
+    # 4b. The prompt enhancer (LTX-2.5): the prompt as written goes into the cache key, with the enhancer's name.
+    enhance_prompt = check.boolean("enhance_prompt") or False
+    if enhance_prompt and model is not None and not model.prompt_enhancer:
+        _lacks(check, "enhance_prompt", model, "it has no prompt enhancer (LTX-2.5 has one); remove enhance_prompt "
+               "and write the prompt out in full")
 
     # 5. Seed: fixed for reproducible results, or drawn now and recorded.
     seed, seed_random = JOB_DEFAULTS["seed"], False
@@ -351,7 +373,12 @@ def _resolve(
             size = (size[0] // 2, size[1] // 2)
     width = _snap_size("width", size[0], backend, adjustments)
     height = _snap_size("height", size[1], backend, adjustments)
-    num_frames = _snap_frames(duration, fps, adjustments)
+    if duration_auto:
+        duration, num_frames = 0.0, 0
+        adjustments.append(f'duration "auto": the duration head of model \'{model.name if model else "?"}\' '
+                           f"chooses the length (1 to {_num(limit or 20)} s); the result's metadata says what it chose")
+    else:
+        num_frames = _snap_frames(duration, fps, adjustments)
 
     # 7. Queue and cache.
     priority = check.integer("priority", -(2**63), 2**63 - 1, "give a whole number (higher runs first)")
@@ -361,6 +388,9 @@ def _resolve(
     gif = check.boolean("output.gif")
     thumbnail = check.boolean("output.thumbnail")
     generate_audio = check.boolean("audio.generate")
+    if generate_audio and model is not None and not model.has_audio and _in_job(fields["audio.generate"]):
+        _lacks(check, "audio.generate", model, "it makes no sound (LTX-Video is video only); remove it, or use an "
+               "LTX-2 model (ltx-2, ltx-2.3, ltx-2.5)")
     generate_audio = True if generate_audio is None else generate_audio
     if generate_audio and model is not None and not model.has_audio:
         generate_audio = False
@@ -371,6 +401,9 @@ def _resolve(
     audio_file = _attachment_path(check, "audio.file")
     strength = check.number("image.strength", lambda v: 0 < v <= 1,
                             "give a number greater than 0 and at most 1 (1: the video starts exactly on the image)")
+    if image is not None and model is not None and not model.image_to_video:
+        _lacks(check, "image.file", model, "hotfolder has no image-to-video path for it; remove [image], or use "
+               "ltx-2, ltx-2.3 or ltx-2-distilled")
     if "image.strength" in fields and "image.file" not in fields:
         check.bad("image.strength", 'add the image itself under [image], like file = "first_frame.png"',
                   verb="is given without image.file")  # fmt: skip
@@ -419,6 +452,8 @@ def _resolve(
         image_strength=float(strength) if strength is not None else 1.0,
         audio_file=audio_file,
         tts=tts,
+        duration_auto=duration_auto,
+        enhance_prompt=enhance_prompt,
     )
 
 
@@ -520,11 +555,14 @@ def _cache_mode(check: _Checker) -> CacheMode:
     return "use"
 
 
-def _runs_on(model: ModelInfo, backend: str) -> bool:
-    """Whether `backend` has weights for `model` (tiny models and local folders run anywhere)."""
-    if model.tiny or model.local_path or (model.diffusers_repo is None and model.mlx_repo is None):
-        return True
-    return (model.mlx_repo if backend == "mlx" else model.diffusers_repo) is not None
+def _lacks(check: _Checker, key: str, model: ModelInfo, reason: str) -> None:
+    """A job key naming a feature its model lacks: refused with the model and the reason, never ignored."""
+    check.say(key, f"cannot be used with model '{model.name}': {reason}")
+
+
+def _in_job(field: Field) -> bool:
+    """Whether a value was written in the job file itself (its top level or a [[jobs]] entry)."""
+    return not field.origin or field.origin.startswith("jobs[")
 
 
 # --- Snapping ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tiny random-weight LTX-2 and LTX-Video pipelines, built entirely in code.
+"""Tiny random-weight pipelines of every family (LTX-2, LTX-2.3, LTX-2.5 DFR, LTX-Video), built entirely in code,
+with a tiny latent upsampler and a tiny distilled LoRA in the real LoRA file's layout.
 
 THE OUTPUT IS NOISE. These pipelines have random weights: nothing here has
 been trained, and a person must never be shown their output as a real model's.
@@ -25,17 +26,20 @@ RNG, so the caller's RNG is untouched) and `.eval()` on every module. Bump
 `TINY_VERSION` whenever the architecture, the vocabulary or the seed changes:
 the result cache uses it as the weights' identity.
 
-Only this module and `diffusers_ltx.py` import torch/diffusers.
+Only this module and `backend.py` import torch/diffusers here.
 """
 
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from diffusers import LTX2Pipeline, LTXPipeline
+    from diffusers import LTXPipeline
     from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    from hotfolder.config import ModelInfo
 
 TINY_VERSION = "1"
 
@@ -80,8 +84,28 @@ def _t5_tokenizer(max_length: int):
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
-def build_ltx2_pipeline() -> LTX2Pipeline:
-    """A tiny random-weight `LTX2Pipeline` (video + audio). Its output is noise."""
+def build(model: ModelInfo) -> Any:
+    """The tiny pipeline of `model`'s family and generation: LTX-Video, LTX-2, LTX-2.3 or LTX-2.5 (DFR)."""
+    if model.family == "ltx":
+        return build_ltx_pipeline()
+    if model.version == "2.5":
+        return build_ltx2_pipeline(version="2.5")
+    return build_ltx2_pipeline(version=model.version or "2")
+
+
+def build_ltx2_pipeline(version: str = "2") -> Any:
+    """A tiny random-weight LTX-2 pipeline (video + audio). Its output is noise.
+
+    `version` picks the generation's real architecture, at tiny sizes:
+    - "2": `LTX2Pipeline`, Gemma 3, one shared text projection in the connectors;
+    - "2.3": `LTX2Pipeline` with LTX-2.3's per-modality text projections and gated attention in the
+      connectors, and its cross-attention modulation in the transformer (no caption projection);
+    - "2.5": `LTX2DFRPipeline` over LTX-2.3's layout with a Gemma 4 text encoder
+      (`Gemma4UnifiedForConditionalGeneration`), the keyframe-slot embedding DFR needs, a
+      duration head (`LTX2DurationHead`) and a Gemma 4 prompt enhancer (`Gemma4ForConditionalGeneration`
+      with a processor whose chat template the enhancer's messages go through).
+    Version "2" builds exactly what it always built (the `tiny` model's cache identity).
+    """
     from diffusers import (
         AutoencoderKLLTX2Audio,
         AutoencoderKLLTX2Video,
@@ -93,6 +117,8 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
+    later = version in ("2.3", "2.5")  # LTX-2.3's layout (LTX-2.5 keeps it)
+
     text_hidden = 32  # must equal the connectors' heads x head_dim (4 x 8)
     text_layers = 2
     latent_channels = 8
@@ -102,6 +128,8 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
     tokenizer, vocab = _gemma_tokenizer(max_length=1024)
 
     def text_encoder():
+        if version == "2.5":
+            return _gemma4_text_encoder(vocab, text_hidden, text_layers)
         config = Gemma3Config(
             text_config=Gemma3TextConfig(
                 vocab_size=len(vocab),
@@ -133,6 +161,30 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
         return Gemma3ForConditionalGeneration(config)
 
     def connectors():
+        if later:
+            # LTX-2.3: per-modality projections straight to the transformer's widths (video 2 x 8, audio 2 x 4),
+            # gated attention in both connectors.
+            return LTX2TextConnectors(
+                caption_channels=text_hidden,
+                text_proj_in_factor=text_layers + 1,
+                video_connector_num_attention_heads=2,
+                video_connector_attention_head_dim=8,
+                video_connector_num_layers=1,
+                video_connector_num_learnable_registers=None,
+                video_gated_attn=True,
+                audio_connector_num_attention_heads=2,
+                audio_connector_attention_head_dim=4,
+                audio_connector_num_layers=1,
+                audio_connector_num_learnable_registers=None,
+                audio_gated_attn=True,
+                connector_rope_base_seq_len=32,
+                rope_double_precision=False,
+                rope_type="split",
+                per_modality_projections=True,
+                video_hidden_dim=16,
+                audio_hidden_dim=8,
+                proj_bias=True,
+            )
         return LTX2TextConnectors(
             caption_channels=text_hidden,
             text_proj_in_factor=text_layers + 1,
@@ -169,6 +221,10 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
             caption_channels=text_hidden,
             rope_double_precision=False,
             rope_type="split",
+            **({"gated_attn": True, "cross_attn_mod": True, "audio_gated_attn": True, "audio_cross_attn_mod": True,
+                "use_prompt_embeddings": False} if later else {}),
+            **({"use_prompt_adaln_single": False, "use_keyframes_abs_pos_embedding": True}
+               if version == "2.5" else {}),
         )
 
     def vae():
@@ -219,7 +275,7 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
             output_sampling_rate=AUDIO_SAMPLE_RATE,
         )
 
-    pipe = LTX2Pipeline(
+    components = dict(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_seeded(vae),
         audio_vae=_seeded(audio_vae),
@@ -229,8 +285,122 @@ def build_ltx2_pipeline() -> LTX2Pipeline:
         transformer=_seeded(transformer),
         vocoder=_seeded(vocoder),
     )
+    if version == "2.5":
+        from diffusers import LTX2DFRPipeline
+        from diffusers.pipelines.ltx2 import LTX2DurationHead
+
+        processor, enhancer = _gemma4_prompt_enhancer()
+        pipe = LTX2DFRPipeline(
+            **components,
+            processor=processor,
+            prompt_enhancer=_seeded(lambda: enhancer),
+            duration_head=_seeded(lambda: LTX2DurationHead(
+                video_cross_attention_dim=16, audio_cross_attention_dim=8, pooler_hidden_dim=8,
+                num_queries=1, num_pooler_heads=2, mlp_hidden_dim=8,
+            )),
+        )
+    else:
+        pipe = LTX2Pipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _gemma4_text_encoder(vocab: dict[str, int], hidden: int, layers: int) -> Any:
+    """LTX-2.5's text encoder class, `Gemma4UnifiedForConditionalGeneration`, text only, 2 layers of 32."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration, Gemma4UnifiedTextConfig
+
+    text = Gemma4UnifiedTextConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+        sliding_window=64, layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"],
+        pad_token_id=vocab["<pad>"], bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
+    )  # fmt: skip
+    config = Gemma4UnifiedConfig(
+        text_config=text, vision_config=None, audio_config=None, image_token_id=vocab["<image_soft_token>"],
+        boi_token_id=vocab["<start_of_image>"], eoi_token_id=vocab["<end_of_image>"],
+    )  # fmt: skip
+    return Gemma4UnifiedForConditionalGeneration(config)
+
+
+# A plain chat template for the tiny enhancer's tokenizer (the real one ships Gemma's).
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}model: {% endif %}"
+)
+
+
+def _gemma4_prompt_enhancer() -> tuple[Any, Any]:
+    """(processor, enhancer): a one-layer `Gemma4ForConditionalGeneration` and the processor Diffusers' `enhance_prompt`
+    templates and tokenizes the system prompt and the prompt with.
+
+    The processor is a `Gemma3Processor` (text and images): transformers' `Gemma4Processor` needs a video
+    processor, which needs torchvision, not a dependency here. It is told not to return `token_type_ids`,
+    which Gemma 4's `generate` does not take.
+    """
+    from transformers import (Gemma3ImageProcessorPil, Gemma3Processor, Gemma4Config, Gemma4ForConditionalGeneration,
+                              Gemma4TextConfig, GemmaTokenizer)
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_image>", "<end_of_image>",
+                "<image_soft_token>"]  # fmt: skip
+    vocab = {piece: i for i, piece in enumerate(specials + ["▁"] + list(_CHARS))}
+    tokenizer = GemmaTokenizer(
+        vocab=vocab, merges=[], model_max_length=8192, chat_template=_CHAT_TEMPLATE,
+        extra_special_tokens={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                              "eoi_token": "<end_of_image>"},
+    )  # fmt: skip
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 8, "width": 8}),
+                                tokenizer=tokenizer, chat_template=_CHAT_TEMPLATE, image_seq_length=4)
+    processor.return_mm_token_type_ids = False
+    text = Gemma4TextConfig(
+        vocab_size=len(tokenizer) + 4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=8192, sliding_window=64,
+        layer_types=["full_attention"], vocab_size_per_layer_input=len(tokenizer) + 4, hidden_size_per_layer_input=0,
+        pad_token_id=vocab["<pad>"], bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
+    )  # fmt: skip
+    config = Gemma4Config(text_config=text, vision_config=None, audio_config=None,
+                          image_token_id=vocab["<image_soft_token>"], boi_token_id=vocab["<start_of_image>"],
+                          eoi_token_id=vocab["<end_of_image>"])  # fmt: skip
+    return processor, Gemma4ForConditionalGeneration(config)
+
+
+# The distilled LoRA's layers: what `ltx-2-19b-distilled-lora-384.safetensors` adapts in every transformer block.
+_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+LORA_RANK = 4
+
+
+def distilled_lora_state_dict(transformer: Any) -> dict[str, Any]:
+    """A tiny random "distilled LoRA" for `transformer`, keyed as the real LTX-2 LoRA files are.
+
+    The published `ltx-2-19b-distilled-lora-384.safetensors` is in the original LTX-2 (ComfyUI) layout:
+    `diffusion_model.transformer_blocks.N.attn1.to_q.lora_A.weight` ([rank, in]) and `...lora_B.weight`
+    ([out, rank]) in bfloat16; Diffusers' `LTX2LoraLoaderMixin.lora_state_dict` recognises the
+    `diffusion_model.` prefix and converts it (`_convert_non_diffusers_ltx2_lora_to_diffusers`).
+    These weights are small (std 0.02) but not zero, so stage 2 with the adapter differs from without.
+    """
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(SEED + 1)
+    state: dict[str, Any] = {}
+    for name, module in transformer.named_modules():
+        if not name.startswith("transformer_blocks.") or not isinstance(module, torch.nn.Linear):
+            continue
+        if not name.endswith(_LORA_TARGETS):
+            continue
+        down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.02
+        up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.02
+        state[f"diffusion_model.{name}.lora_A.weight"] = down.to(torch.bfloat16)
+        state[f"diffusion_model.{name}.lora_B.weight"] = up.to(torch.bfloat16)
+    return state
+
+
+def save_distilled_lora(transformer: Any, folder: Path, filename: str) -> Path:
+    """Write the tiny distilled LoRA into `folder/filename` as a safetensors file (the real file's format)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    save_file(distilled_lora_state_dict(transformer), str(path), metadata={"format": "pt"})
+    return path
 
 
 def build_ltx2_latent_upsampler() -> LTX2LatentUpsamplerModel:
