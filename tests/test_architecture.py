@@ -200,9 +200,25 @@ status.show_status(config)
 daemon = Daemon(config)
 daemon.spool.ensure_folders()
 daemon.spool.inbox.scan()
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "mlx", "mlx_video", "diffusers", "transformers"})
+ray_config = Config(root=root, cache_dir=root / "cache", log_dir=root / "logs", state_dir=root / "state",
+                    executor="ray")
+Daemon(ray_config)  # built, not started: the Ray executor joins its cluster (and imports ray) only in run()
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "mlx", "mlx_video", "diffusers", "transformers",
+                                                         "ray"})
 print(json.dumps({"backend": specs[0].backend, "heavy": heavy}))
 """
+
+
+def test_only_the_ray_executor_imports_ray() -> None:
+    """`import ray` (seconds, hundreds of MB) lives in daemon/cluster.py alone, imported only for executor = "ray"."""
+    importers = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.append(name)
+    assert sorted(set(importers)) == ["hotfolder.daemon.cluster"]
 
 
 def test_parsing_validating_status_and_the_scan_import_neither_torch_nor_mlx(tmp_path: Path) -> None:

@@ -130,6 +130,15 @@ def _documented(d: Config, setting: Any, path: Any, root_line: str, defaults: st
 #mlx_memory_limit_gb = 48.0
 #mlx_cache_limit_gb = 8.0
 
+# Where generation runs: "local" (this machine, one resident model) or "ray" (the GPUs of a Ray cluster,
+# each keeping its own copy of the model; pip install 'hotfolder[ray]', see docs/cluster.md).
+{setting("executor", getattr(d, "executor", "local"))}
+# The Ray cluster: "auto" (started with `ray start` on this machine), "HOST:6379" or "ray://HOST:10001".
+{setting("ray_address", getattr(d, "ray_address", "auto"))}
+# Cluster workers, one job each at a time. Unset by default: one per GPU (or mlx resource) in the cluster,
+# one per node on a cluster with neither; this value is an example.
+#workers = 4
+
 # Defaults for every job file (a job's own keys, and its inbox/<preset>/ folder, win).
 #[defaults]
 {defaults}

@@ -1,7 +1,8 @@
 """`hotfolder cancel` and `hotfolder retry`: act on jobs through the folders, as a person could.
 
 Cancel writes a `cancel` marker into the job's processing/ folder; the daemon sees it
-before the job starts or at its next denoising step, and moves the job to failed/ as
+before the job starts or at its next denoising step (on a cluster, it tells the worker
+running the job, which stops at its next step), and moves the job to failed/ as
 cancelled. With no daemon running, cancel moves the job itself. Retry moves a failed
 job's original file back into the inbox (into its preset folder, if it came from one).
 """
@@ -50,8 +51,11 @@ def cancel(config: Config, job_ref: str) -> int:
     job = matches[0]
     if lock.held(config.root):
         job.request_cancel("hotfolder cancel")
-        print(f"cancel requested for {job.source} ({job.job_id}): it stops at its next step "
-              f"and ends in {config.failed}")
+        # A cluster's worker running it (the journal names it): the daemon passes the cancel on to that worker.
+        worker = next((a.get("worker") for a in reversed(job.attempts) if a.get("worker") and not a.get("outcome")),
+                      None)
+        print(f"cancel requested for {job.source} ({job.job_id}): it stops at its next step"
+              f"{f' on worker {worker}' if worker else ''} and ends in {config.failed}")
         return 0
     # No daemon: move the whole claim (job file and the attachments claimed with it) to failed/ ourselves.
     target = Spool(config).fail(job, cancelled_error("hotfolder cancel (no daemon was running)"))

@@ -24,6 +24,7 @@ from hotfolder.fsutil import read_json
 STAGES = {
     "queued": "queued",
     "starting": "checking the cache",
+    "waiting": "waiting for a worker",
     "loading": "loading the model",
     "generating": "generating",
     "denoise": "generating",
@@ -85,6 +86,14 @@ def _progress_of(config: Config, job_id: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _running(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every running entry (several with a cluster's workers); a status.json from before lists one."""
+    jobs = status.get("running_jobs")
+    if isinstance(jobs, list):
+        return [r for r in jobs if isinstance(r, dict)]
+    return [status["running"]] if isinstance(status.get("running"), dict) else []
+
+
 def claimed(config: Config) -> dict[str, str]:
     """Jobs in processing/: source (inbox-relative name as dropped) -> job id, from each job.json."""
     found: dict[str, str] = {}
@@ -102,8 +111,8 @@ def job_state(config: Config, source: str, seen: status_file.Seen | None = None)
     seen = seen or status_file.read(config.root)
     status = seen.status or {}
     if seen.alive:
-        running = status.get("running") or {}
-        if running.get("source") == source:
+        running = next((r for r in _running(status) if r.get("source") == source), {})
+        if running:
             progress = {**(running.get("progress") or {}), **_progress_of(config, str(running.get("job_id", "")))}
             return JobState(stage=str(progress.get("stage") or "running"), step=int(progress.get("step") or 0),
                             total=int(progress.get("total_steps") or 0), eta_s=progress.get("eta_s"),
@@ -151,10 +160,18 @@ def render(config: Config, seen: status_file.Seen | None = None) -> str:
     if alive and status.get("paused"):
         lines.append(f"Paused: {status['paused']}")
     if alive:
-        running = status.get("running")
-        if running:
+        for running in _running(status):
             state = job_state(config, str(running.get("source")), seen)
-            lines.append(f"Running: {running.get('source')} ({running.get('job_id')}): {state.line()}")
+            on = f" on {running['worker']}" if running.get("worker") and running["worker"] != "local" else ""
+            lines.append(f"Running{on}: {running.get('source')} ({running.get('job_id')}): {state.line()}")
+        workers = status.get("workers")
+        if isinstance(workers, dict):
+            lines.append(f"Cluster: {workers.get('address')} ({workers.get('placement')})")
+            for w in workers.get("workers") or []:
+                where = f"{w.get('host')} node {w.get('node')} pid {w.get('pid')}" if w.get("pid") else "not placed yet"
+                doing = "busy" if w.get("busy") else "free"
+                trouble = f": {w['trouble']}" if w.get("trouble") else ""
+                lines.append(f"  {w.get('name')}: {w.get('state')}, {doing} ({where}){trouble}")
         queue = status.get("queue") or []
         lines.append(f"Queue: {len(queue)} job(s)")
         for q in queue[:20]:

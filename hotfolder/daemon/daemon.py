@@ -1,4 +1,4 @@
-"""The daemon: watch the inbox, claim settled jobs, run them one at a time on a resident model.
+"""The daemon: watch the inbox, claim settled jobs, run them on the executor's resident model(s).
 
 Threads, each with one kind of work, so that nothing slow ever stalls the scan:
 - main: the scan (woken by file events, which also start each file's settle clock, at
@@ -11,8 +11,10 @@ Threads, each with one kind of work, so that nothing slow ever stalls the scan:
   jobs fail at once.
 - check (CHECK_THREADS): the attachment checks of jobs that name an image or a voice-over
   (ffmpeg reads each file through, at most PROBE_TIMEOUT_S), so a slow file delays only its job.
-- worker: owns the backend, keeps the model loaded between jobs, and runs the queue by
-  priority, then arrival.
+- workers (the executor's `threads`): each takes a slot of the executor (a free model: this
+  process's, or a Ray actor's on a cluster), then the next job by priority, then arrival, and
+  makes it; the local executor's two workers overlap one job's encode with the next one's
+  generation, the Ray executor's run one job per cluster worker (daemon/executor.py, cluster.py).
 - retire: flushes each delivered result to the disk, then removes its job's folder from
   processing/ (the input is the record of a job until its result is safe), off the worker's way.
 
@@ -43,6 +45,7 @@ import structlog
 
 from hotfolder import backends, fsutil, gallery, log
 from hotfolder.config import Config, ModelInfo
+from hotfolder.daemon.executor import Executor, LocalExecutor, Slot, WorkerLost
 from hotfolder.daemon.produce import Producer, Report, Timings, entry_id, iso
 from hotfolder.daemon.provider import Provider
 from hotfolder.daemon.queue import IDLE, JobQueue, QueueItem
@@ -50,7 +53,7 @@ from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInval
 from hotfolder.folders import status as status_file
 from hotfolder.folders.arrivals import Arrival, Candidate
 from hotfolder.folders.lock import RootLock
-from hotfolder.folders.spool import (DELIVERED, DIED, FAILED, PAUSED, STOPPED, Job, Spool, cancelled_error,
+from hotfolder.folders.spool import (DELIVERED, DIED, FAILED, LOST, PAUSED, STOPPED, Job, Spool, cancelled_error,
                                      crash_point, outcome)
 from hotfolder.folders.status import HEARTBEAT_S, STOP_GRACE_S, STOP_PROMISE_S
 from hotfolder.fsutil import read_json, write_json_atomic
@@ -71,7 +74,8 @@ GALLERY_EVERY_S = 1.0  # outbox/index.html is rewritten at most this often while
 RETIRE_EVERY_S = 2.0  # delivered results are flushed to the disk together, at most this often (then their inputs go)
 # The stages of a running job, in order, and how each reads. The journal records the risky ones
 # (the model's work, in this process) before they begin; "starting" is the cache lookup.
-STAGES = {"queued": "queued", "starting": "checking the cache", "loading": "loading the model",
+STAGES = {"queued": "queued", "starting": "checking the cache", "waiting": "waiting for a worker",
+          "loading": "loading the model",
           "generating": "generating", "decoding": "decoding", "encoding": "encoding", "delivering": "delivering"}
 RISKY = ("loading", "generating", "decoding", "encoding")
 # Denoising phases a backend follows with another (its two-stage pipelines): their last step is not the end.
@@ -96,6 +100,7 @@ class _Run:
     eid: str
     spec: JobSpec
     attempt: dict[str, Any]  # this attempt's record in job.json
+    slot: Slot | None = None  # the executor's slot (its worker) making it
     stage: str = ""
     progress: dict[str, Any] = field(default_factory=dict)
     phase: str = ""
@@ -121,15 +126,15 @@ class Daemon:
         self.jobs: dict[str, tuple[Job, list[JobSpec]]] = {}  # admitted, with entries queued or running
         self.failures = 0
         self.delivered = 0
-        self._lock = threading.RLock()  # jobs, the running entry, recent results, the pause, counters
-        self._run: _Run | None = None
-        self._current: str | None = None  # the job id the worker holds
+        self._lock = threading.RLock()  # jobs, the running entries, recent results, the pause, counters
+        self._runs: dict[str, _Run] = {}  # worker thread name -> the entry it runs now
+        self._active: dict[str, int] = {}  # job id -> entries of it the workers hold
         self._admitting: set[str] = set()  # claimed, being parsed or checked
         self._admit_queue: queues.SimpleQueue[Job | None] = queues.SimpleQueue()
         self._check_queue: queues.SimpleQueue[tuple[Job, list[JobSpec]] | None] = queues.SimpleQueue()
         self._recent: list[dict[str, Any]] = []
         self._started = time.time()
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._peeked: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
         self._paused: str | None = None  # why claiming and jobs wait (a full disk), for status.json
         self._resumed = threading.Event()  # clear while paused: the worker waits on it
@@ -137,7 +142,9 @@ class Daemon:
         self._reserve = _Reserve(config.root / RESERVE_NAME)
         self._stop_at: float | None = None  # monotonic time of the stop signal
         self._said: dict[str, str] = {}  # the last error logged per place, so a lasting one is said once
-        self.producer = Producer(config, self.spool, self.provider, self.stop)
+        # Where generation runs. The Ray one (which imports ray: heavy) is made by run(), which joins the cluster.
+        self.executor: Executor = LocalExecutor(self.provider)
+        self.producer = Producer(config, self.spool, self.stop)
         self._changes: Any = None  # the watcher's Changes: paths file events named, with their times
         self._status_at = float("-inf")  # monotonic time of the last status.json write
         self._status_dirty = False  # something changed since: written by the scan thread at STATUS_EVERY_S
@@ -153,6 +160,15 @@ class Daemon:
         from hotfolder.folders.watch import Changes, InboxWatcher
 
         lock = self._open_root()
+        try:
+            if self.config.executor == "ray":
+                from hotfolder.daemon.cluster import RayExecutor
+
+                self.executor = RayExecutor(self.config, self.stop)
+            self.executor.start()  # a cluster that cannot be reached is an error now, naming its address
+        except BaseException:
+            lock.release()
+            raise
         self._install_signals()
         self._changes = Changes()
         watcher = InboxWatcher(self.config.inbox, self.wake, polling=self.config.polling, changes=self._changes)
@@ -202,8 +218,10 @@ class Daemon:
         return lock
 
     def _start_threads(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="hotfolder-worker", daemon=True)
-        self._worker.start()
+        for n in range(self.executor.threads):
+            worker = threading.Thread(target=self._work, name=f"hotfolder-worker-{n + 1}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
         threading.Thread(target=self._admit_loop, name="hotfolder-admit", daemon=True).start()
         for n in range(CHECK_THREADS):
             threading.Thread(target=self._check_loop, name=f"hotfolder-check-{n + 1}", daemon=True).start()
@@ -246,7 +264,7 @@ class Daemon:
         for _ in range(CHECK_THREADS):
             self._check_queue.put(None)
         self._wait_for_worker(stop_at)
-        stuck = self._worker is not None and self._worker.is_alive()
+        stuck = any(worker.is_alive() for worker in self._workers)
         self._retire_queue.put(None)  # delivered results still to flush: their job folders go after
         if self._retirer is not None:
             self._retirer.join(timeout=max(0.0, stop_at + STOP_PROMISE_S - 2.5 - time.monotonic()) if signalled
@@ -254,8 +272,11 @@ class Daemon:
         watcher.stop(timeout=max(0.0, min(2.0, stop_at + STOP_PROMISE_S - 1.5 - time.monotonic())))
         if stuck:
             self._leave_running_job(wait_s=0.5)
-        elif not signalled:
-            self.provider.close()
+        if not signalled and not stuck:
+            self.executor.close()
+        elif self.executor.kind != "local":  # the cluster's workers end with their owner; say goodbye quickly
+            with contextlib.suppress(Exception):
+                self.executor.close()
         if self._gallery_dirty:
             self._flush_gallery(force=True)
         self._write_status(state="stopped", now=True)
@@ -271,28 +292,33 @@ class Daemon:
             os._exit(self._exit_code())
 
     def _wait_for_worker(self, stop_at: float) -> None:
-        """Until the worker is done, or its grace is over: STOP_GRACE_S to reach a step, 1 s where there is none."""
-        while self._worker is not None and self._worker.is_alive():
+        """Until the workers are done, or their grace is over: STOP_GRACE_S to reach a step, 1 s where there is
+        none."""
+        while True:
+            alive = [worker for worker in self._workers if worker.is_alive()]
+            if not alive:
+                return
             with self._lock:
-                stage = self._run.stage if self._run is not None else ""
-            grace = min(STOP_GRACE_S, 1.0) if stage in ("loading", "decoding") else STOP_GRACE_S
+                stages = {run.stage for run in self._runs.values()}
+            grace = min(STOP_GRACE_S, 1.0) if stages & {"loading", "decoding"} else STOP_GRACE_S
             left = stop_at + grace - time.monotonic()
             if left <= 0:
                 return
-            self._worker.join(timeout=min(left, 0.1))
+            alive[0].join(timeout=min(left, 0.1))
 
     def _leave_running_job(self, *, wait_s: float) -> None:
-        """The process ends with a job running: journal its attempt as stopped (it is not the job's fault)."""
+        """The process ends with jobs running: journal their attempts as stopped (it is not the jobs' fault)."""
         with self._lock:
-            run = self._run
-        if run is None or outcome(run.attempt) is not None:
-            return
-        run.attempt["outcome"] = STOPPED
-        with contextlib.suppress(OSError):
-            run.job.save(timeout=wait_s)
-        with contextlib.suppress(Exception):
-            self.log.info("stopping without waiting for the running job: it stays in processing/ and starts again "
-                          "at the next start", job_id=run.eid, stage=run.stage)
+            runs = list(self._runs.values())
+        for run in runs:
+            if outcome(run.attempt) is not None:
+                continue
+            run.attempt["outcome"] = STOPPED
+            with contextlib.suppress(OSError):
+                run.job.save(timeout=wait_s)
+            with contextlib.suppress(Exception):
+                self.log.info("stopping without waiting for the running job: it stays in processing/ and starts "
+                              "again at the next start", job_id=run.eid, stage=run.stage)
 
     def _scan_loop(self, watcher: Any) -> None:
         """Scan when the inbox changed (a file event), when a settling file is due, and every rescan_seconds
@@ -313,7 +339,7 @@ class Daemon:
                 last_scan = now
                 candidates = self.spool.inbox.scan()
                 ready, _ = self.spool.inbox.settled(candidates)
-                if not self._paused:
+                if not self._paused and not self._held():
                     arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
                     for arrival in arrivals:
                         if self.stop.is_set() or self._paused:
@@ -341,9 +367,21 @@ class Daemon:
             wake_at += [t for t in (due, gallery_due) if t is not None]
             if self._status_dirty:
                 wake_at.append(self._status_at + STATUS_EVERY_S)
-            if self.once or self._paused:
+            if self.once or self._paused or self._held():
                 wake_at.append(now + (0.25 if self.once else 1.0))
             self.wake.wait(max(0.0, min(wake_at) - time.monotonic()))
+
+    def _held(self) -> str | None:
+        """Why claiming waits for the executor (a cluster that went away), said once as it begins and ends."""
+        held = self.executor.held()
+        if held != self._said.get("held"):
+            if held:
+                self.log.warning("claiming paused", reason=held)
+            elif self._said.get("held"):
+                self.log.info("claiming resumed: the cluster is back")
+            self._said["held"] = held or ""
+            self._write_status(now=True)
+        return held
 
     def _idle(self) -> bool:
         """Nothing claimed is waiting for admission, for its turn or for space: what --once waits for."""
@@ -530,13 +568,13 @@ class Daemon:
     def _sweep_cancels(self) -> None:
         """A queued (not running) job whose cancel marker appeared, or whose folder was removed, leaves now."""
         with self._lock:
-            waiting = [job for job_id, (job, _) in self.jobs.items() if job_id != self._current]
+            waiting = [job for job_id, (job, _) in self.jobs.items() if job_id not in self._active]
         for job in waiting:
             gone = not job.folder.exists()
             if not gone and not job.cancel_requested:
                 continue
             with self._lock:
-                if job.job_id == self._current or job.job_id not in self.jobs:
+                if job.job_id in self._active or job.job_id not in self.jobs:
                     continue  # the worker took it meanwhile: its own check stops it
                 self.jobs.pop(job.job_id)
             self.queue.remove(job.job_id)
@@ -599,27 +637,37 @@ class Daemon:
 
     # -- the worker ---------------------------------------------------
     def _work(self) -> None:
+        """One of the executor's workers: take a slot (a free model), then the next job in order, and make it.
+
+        The slot comes first, so jobs start in priority-then-arrival order whatever the number of workers;
+        taking it never contacts a cluster (a cache hit needs none of it)."""
         idle_after = self.config.idle_unload_minutes * 60 or None
         while True:
             self._resumed.wait()
-            item = self.queue.get(idle_after if self.provider.backend is not None else None)
-            if item is None:
+            slot = self.executor.acquire(self.stop)
+            if slot is None:
                 return
-            if item == IDLE:
-                self.log.info("idle: unloading the model", model=(self.provider.key or ("", ""))[1],
-                              idle_minutes=self.config.idle_unload_minutes)
-                self.provider.close()
-                self._write_status()
-                continue
             try:
-                self._take_item(item)
-            except Exception:  # the worker must survive anything a job does
-                self.log.exception("worker error", job_id=item.job_id)
+                item = self.queue.get(idle_after if self.executor.loaded() else None)
+                if item is None:
+                    return
+                if item == IDLE:
+                    self.log.info("idle: unloading the model", model=(self.executor.loaded() or ["", ""])[-1],
+                                  idle_minutes=self.config.idle_unload_minutes)
+                    self.executor.idle()
+                    self._write_status()
+                    continue
+                try:
+                    self._take_item(item, slot)
+                except Exception:  # the worker must survive anything a job does
+                    self.log.exception("worker error", job_id=item.job_id)
+                finally:
+                    self.queue.done()
+                    self.wake.set()
             finally:
-                self.queue.done()
-                self.wake.set()
+                slot.release()
 
-    def _take_item(self, item: QueueItem) -> None:
+    def _take_item(self, item: QueueItem, slot: Slot) -> None:
         if self._paused:  # the disk filled while it waited: back it goes until there is space
             self.queue.put(item)
             return
@@ -630,20 +678,22 @@ class Daemon:
             job, specs = entry
             if str(item.index) in job.done:
                 return  # already delivered (or failed): a stale retry must not run it twice
-            self._current = job.job_id
+            self._active[job.job_id] = self._active.get(job.job_id, 0) + 1
         try:
-            self._run_entry(job, item, specs)
+            self._run_entry(job, item, specs, slot)
         finally:
             with self._lock:
-                self._current = None
-                finished = self.jobs.get(job.job_id, (None,))[0] is job and \
+                left = self._active.pop(job.job_id, 1) - 1
+                if left:
+                    self._active[job.job_id] = left
+                finished = not left and self.jobs.get(job.job_id, (None,))[0] is job and \
                     all(str(i) in job.done for i in range(len(specs)))
                 if finished:
                     self.jobs.pop(job.job_id, None)
         if finished:
             self._retire(job)
 
-    def _run_entry(self, job: Job, item: QueueItem, specs: list[JobSpec]) -> None:
+    def _run_entry(self, job: Job, item: QueueItem, specs: list[JobSpec], slot: Slot) -> None:
         index, spec = item.index, specs[item.index]
         eid = entry_id(job, index, len(specs))
         structlog.contextvars.bind_contextvars(job_id=eid)
@@ -651,7 +701,10 @@ class Daemon:
         timings = Timings(queued=job.arrival, started=time.time())
         attempt: dict[str, Any] = {"index": index, "started": iso(timings.started), "stage": "starting"}
         job.attempts.append(attempt)  # journalled when the risky work begins (see _stage)
-        run = _Run(job=job, eid=eid, spec=spec, attempt=attempt)
+        run = _Run(job=job, eid=eid, spec=spec, attempt=attempt, slot=slot)
+        worker = threading.current_thread().name
+        with self._lock:
+            self._runs[worker] = run
         try:
             _check_cancel(job)
             self.log.info(
@@ -670,7 +723,7 @@ class Daemon:
                 self.log.info("adjusted", change=adjustment)
             self._stage(run, "starting")
             report = Report(stage=lambda stage: self._stage(run, stage), on_step=self._on_step(run))
-            video = self.producer.produce(job, index, len(specs), spec, timings, report)
+            video = self.producer.produce(job, index, len(specs), spec, timings, report, slot)
             with self._lock:
                 self.delivered += 1
             self._remember(job, eid, "done", video)
@@ -680,7 +733,7 @@ class Daemon:
         finally:
             shutil.rmtree(job.stage / str(index), ignore_errors=True)
             with self._lock:
-                self._run = None
+                self._runs.pop(worker, None)
             self._write_status()
             log.detach_job_log(eid)
             structlog.contextvars.unbind_contextvars("job_id")
@@ -702,6 +755,9 @@ class Daemon:
             self._save_quietly(job)
             self.log.info("interrupted by stop; stays queued for the next start", reason=_one_line(e))
             return
+        if isinstance(e, WorkerLost):
+            self._worker_lost(run, item, specs, e)
+            return
         if isinstance(e, Interrupted):
             attempt["outcome"] = "cancelled"
             if not job.folder.exists():
@@ -721,6 +777,27 @@ class Daemon:
             self.log.error("failed; retrying cannot help", kind=getattr(e, "kind", "error"), error=str(e))
         record = _invalid_error(e) if isinstance(e, JobInvalid) else _error(e, getattr(e, "kind", "error"))
         self._fail_or_set_aside(job, record, index=index, count=len(specs), spec=spec)
+
+    def _worker_lost(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: WorkerLost) -> None:
+        """The worker went away mid-job: not the job's fault, so back to the queue at once (no attempt used up);
+        but a job that has lost its worker max_attempts times per worker takes them all down: it fails."""
+        job, index = run.job, item.index
+        run.attempt.update(outcome=LOST, error=_one_line(e))
+        lost = sum(1 for a in job.attempts if a.get("index") == index and outcome(a) == LOST)
+        limit = self.config.max_attempts * max(1, self.executor.threads)
+        if lost >= limit:
+            self.log.error("the job's worker was lost too often: failing it", lost=lost, error=_one_line(e))
+            error = {"status": "failed", "kind": "worker-lost",
+                     "message": f"the worker running this job went away {lost} times (last: {e}); the job itself "
+                                "may be what ends them",
+                     "hint": CRASH_HINT, "attempts": [a for a in job.attempts if a.get("index") == index],
+                     "retried": True}
+            self._fail_or_set_aside(run.job, error, index=index, count=len(specs), spec=run.spec)
+            return
+        self._save_quietly(job)
+        self.log.warning("the worker went away: the job goes back to the queue (not counted as an attempt)",
+                         worker=run.attempt.get("worker"), lost=lost, limit=limit, error=_one_line(e))
+        self.queue.put(QueueItem(item.sort_key, item.job_id, index))
 
     def _attempt_failed(self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec, e: Exception) -> None:
         index = item.index
@@ -810,7 +887,7 @@ class Daemon:
             self._resumed.set()
         self.log.info("disk space is back: resuming", free=_size(free), root=str(self.config.root))
         with self._lock:
-            known = set(self.jobs) | self._admitting | self._retiring | ({self._current} if self._current else set())
+            known = set(self.jobs) | self._admitting | self._retiring | set(self._active)
         for job in self.spool.recover(skip=known):  # jobs set aside while the disk was full
             self.log.info("taken up again now that there is space", job_id=job.job_id, source=job.source)
             self._admit(job)
@@ -838,17 +915,19 @@ class Daemon:
         later stages only refine where it got, written without a flush (they survive the process
         being killed, which is what they are for, at no cost per job).
         """
+        if stage == "waiting":  # for a cluster worker to be ready (said again while it waits): a cancel reaches it
+            _check_cancel(run.job)
         if outcome(run.attempt) is None and stage in RISKY and run.attempt.get("stage") != stage:
             first = run.attempt.get("stage") not in RISKY
             run.attempt["stage"] = stage
+            if self.executor.kind != "local" and run.slot is not None:  # which worker runs it (a restart reads it)
+                run.attempt.update(executor=self.executor.kind, worker=run.slot.name)
             run.job.save(durable=first)
         if stage == run.stage and not step:
             return
         if stage == "delivering":
             run.attempt["outcome"] = DELIVERED  # the risky work is over; the delivery journals it
         run.stage = stage
-        with self._lock:
-            self._run = run
         self._progress(run, stage, **step)
         self._write_status()
 
@@ -942,19 +1021,21 @@ class Daemon:
             queue.append({"position": len(queue) + 1, "job_id": entry_id(job, item.index, len(specs)),
                           "source": job.source, "name": specs[item.index].name,
                           "priority": specs[item.index].priority, "stage": "queued"})
-        run = self._run if state == "running" else None
-        running = None
-        if run is not None:
-            running = {"job_id": run.eid, "source": run.job.source, "name": run.spec.name,
-                       "prompt": run.spec.prompt[:200], "progress": run.progress or {"stage": run.stage}}
+        runs = sorted(self._runs.values(), key=lambda r: r.job.arrival) if state == "running" else []
+        running = [{"job_id": run.eid, "source": run.job.source, "name": run.spec.name,
+                    "prompt": run.spec.prompt[:200], "worker": run.slot.name if run.slot is not None else None,
+                    "progress": run.progress or {"stage": run.stage}} for run in runs]
         return {
             "daemon": {"state": state, "pid": os.getpid(), "root": str(self.config.root),
                        "started": iso(self._started), "heartbeat": iso(time.time()),
-                       "heartbeat_unix": time.time(), "model_loaded": list(self.provider.key or []),
-                       "model": self.config.model, "backend": self.config.backend},  # for jobs that name none
-            "paused": self._paused,
+                       "heartbeat_unix": time.time(), "model_loaded": self.executor.loaded(),
+                       "model": self.config.model, "backend": self.config.backend,  # for jobs that name none
+                       "executor": self.config.executor},
+            "paused": self._paused or (self.executor.held() if state == "running" else None),
             "queue": queue,
-            "running": running,
+            "running": running[0] if running else None,  # the first: readers from before several ran at once
+            "running_jobs": running,  # every running entry, with its worker
+            "workers": self.executor.describe() if state == "running" else None,
             "recent": self._recent,
         }
 

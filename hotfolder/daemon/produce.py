@@ -22,7 +22,7 @@ import platform
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +32,7 @@ from hotfolder.backends import OnStep
 from hotfolder.cache import VIDEO, CacheEntry, ResultCache, cache_key, derived_name, model_identity, reads_cache, \
     writes_cache
 from hotfolder.config import Config, ModelInfo
-from hotfolder.daemon.provider import Provider
+from hotfolder.daemon.executor import Outcome, Preview, Slot
 from hotfolder.errors import Interrupted, JobInvalid, Problem
 from hotfolder.folders.spool import Job, Spool, crash_point
 from hotfolder.job import attachments
@@ -90,19 +90,6 @@ class Timings:
             if getattr(self, name):
                 out[name] = round(getattr(self, name), 3)
         return out
-
-
-@dataclass
-class Outcome:
-    """What the generation step produced, for the metadata."""
-
-    backend: str
-    device: str
-    model: ModelInfo
-    cache_hit: bool = False
-    cache_key: str | None = None
-    has_audio: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def entry_id(job: Job, index: int, count: int) -> str:
@@ -203,17 +190,19 @@ class Report:
 
 
 class Producer:
-    """Turns one queued entry into a delivered result folder; owns the cache and the resident model."""
+    """Turns one queued entry into a delivered result folder; owns the cache. A miss is made on the executor's
+    slot the daemon lends it (this process's model, or a worker on a cluster)."""
 
-    def __init__(self, config: Config, spool: Spool, provider: Provider, stop: threading.Event):
+    def __init__(self, config: Config, spool: Spool, stop: threading.Event):
         self.config = config
         self.spool = spool
-        self.provider = provider
         self.stop = stop
         self.log = log.get("hotfolder.daemon")
         self._identities: dict[tuple[str, str], str] = {}
         self._cache: ResultCache | None = None
         self._cache_problem = ""  # the last cache error logged, so that a broken cache is said once, not per job
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}  # keys being made now (several workers): twins wait
 
     @property
     def cache(self) -> ResultCache | None:
@@ -234,11 +223,13 @@ class Producer:
             self.log.warning(what, cache_dir=str(self.config.cache_dir), error=f"{type(e).__name__}: {e}",
                              fix="check the cache folder (cache_dir): free space, permissions, or another folder")
 
-    def produce(self, job: Job, index: int, count: int, spec: JobSpec, timings: Timings, report: Report) -> Path:
+    def produce(self, job: Job, index: int, count: int, spec: JobSpec, timings: Timings, report: Report,
+                slot: Slot) -> Path:
         """Make entry `index` of `job` and move its result folder into the outbox; returns the MP4's path.
 
         `report.stage` is told each stage as it begins (see `Report`); `report.on_step` is
-        the backend's per-step callback (progress, stop and cancel checks).
+        the backend's per-step callback (progress, stop and cancel checks). `slot` makes a miss; a hit never
+        touches it (nor the cluster behind it).
         """
         model = self.config.model_info(spec.model)
         if model is None:
@@ -257,19 +248,29 @@ class Producer:
         if reads_cache(spec) or writes_cache(spec):
             key = cache_key(spec, model, model_identity=self._identity(model, spec.backend), **_conditioning(spec))
         t0 = time.perf_counter()
-        hit = self._from_cache(key, spec, model, mp4, wanted) if key else None
-        if hit is None:
-            outcome = self._generate(spec, model, mp4, timings, image, report, wanted)
-            outcome.cache_key = key
-            if key and writes_cache(spec):
-                self._store(key, mp4, spec, model, outcome, wanted)
-        else:
-            outcome, entry, missing = hit
-            timings.cache_s = time.perf_counter() - t0
-            if missing:  # an entry stored before (or with other settings): made once from the MP4, then kept
-                report.stage("encoding")
-                self._previews_from_video(mp4, missing, timings)
-                self._keep_previews(entry, missing)
+        making = self._claim(key) if key else None  # an identical request in the making: wait, then hit
+        try:
+            hit = self._from_cache(key, spec, model, mp4, wanted) if key else None
+            if hit is None:
+                outcome = self._generate(slot, spec, model, mp4, timings, image, report, wanted)
+                outcome.cache_key = key
+                if key and writes_cache(spec):
+                    self._store(key, mp4, spec, model, outcome, wanted)
+            else:
+                outcome, entry, missing = hit
+                timings.cache_s = time.perf_counter() - t0
+                if missing:  # an entry stored before (or with other settings): made once from the MP4, then kept
+                    report.stage("encoding")
+                    self._previews_from_video(mp4, missing, timings)
+                    self._keep_previews(entry, missing)
+        finally:
+            self._made(key, making)
+
+        # duration = "auto": the model chose the length; from here on the spec says what it chose (the metadata's
+        # duration and frames, and the length a voice-over or narration is fitted to).
+        if spec.duration_auto and "num_frames" in outcome.info:
+            spec = dataclasses.replace(spec, num_frames=int(outcome.info["num_frames"]),
+                                       duration=float(outcome.info["duration_s"]))
 
         # 2. Post-processing: everything that is not in the cache key.
         if spec.audio_file or spec.tts:
@@ -309,6 +310,27 @@ class Producer:
         target = self.spool.deliver(job, index, stage, spec.name, before=last_line)
         self.log.info("delivered", path=str(target / mp4.name))
         return target / mp4.name
+
+    def _claim(self, key: str) -> threading.Event:
+        """This job's claim on its cache key. An identical request being made now by another worker (its clip
+        not cached yet) is waited for first, so this one is a hit, as it would be one after the other."""
+        while True:
+            with self._lock:
+                twin = self._inflight.get(key)
+                if twin is None:
+                    mine = self._inflight[key] = threading.Event()
+                    return mine
+            while not twin.wait(0.1):
+                if self.stop.is_set():
+                    raise Interrupted("stopping")
+
+    def _made(self, key: str | None, making: threading.Event | None) -> None:
+        if key is None or making is None:
+            return
+        with self._lock:
+            if self._inflight.get(key) is making:
+                del self._inflight[key]
+        making.set()
 
     def _store(self, key: str, mp4: Path, spec: JobSpec, model: ModelInfo, outcome: Outcome,
                wanted: list[_Preview]) -> None:
@@ -424,48 +446,16 @@ class Producer:
             self.log.info("narration", words=len(spec.tts.split()), fitted=fitted, mixed=how)
         return used
 
-    def _generate(self, spec: JobSpec, model: ModelInfo, mp4: Path, timings: Timings, image: Path | None,
-                  report: Report, wanted: list[_Preview]) -> Outcome:
+    def _generate(self, slot: Slot, spec: JobSpec, model: ModelInfo, mp4: Path, timings: Timings,
+                  image: Path | None, report: Report, wanted: list[_Preview]) -> Outcome:
         """Load (once), generate with per-step progress and stop checks, encode the clip to `mp4`, and make the
-        previews from the frames in memory (no decode of the MP4).
-
-        The backend gets the image's absolute path; the spec itself keeps it relative to the job.
-        """
-        from hotfolder import media
-
+        previews from the frames in memory (no decode of the MP4): on the slot, wherever it runs."""
         if self.stop.is_set():
             raise Interrupted("stopping")
-        loaded = self.provider.serves(spec, model)
-        if not loaded:
-            report.stage("loading")
-        backend, timings.load_s = self.provider.get(spec, model)
-        if not loaded:
-            self.log.info("model loaded", model=model.label, backend=backend.name, device=backend.device,
-                          **({"load_s": round(timings.load_s, 2)} if timings.load_s >= 0.01 else {}))
-        report.stage("generating")
-        t0 = time.perf_counter()
-        run_spec = dataclasses.replace(spec, image=str(image)) if image is not None else spec
-        clip = backend.generate(run_spec, report.on_step)
-        timings.generate_s = time.perf_counter() - t0
-        stages = [f"{st.get('name')} {st.get('width')}x{st.get('height')} {st.get('steps')} steps"
-                  for st in clip.info.get("stages", [])]
-        self.log.info("generated", generate_s=round(timings.generate_s, 2), frames=len(clip.frames),
-                      **({"stages": "; ".join(stages)} if stages else {}))
-        report.stage("encoding")
-        t0 = time.perf_counter()
-        media.encode_mp4(clip, mp4, tags=gallery.mp4_tags(spec, model), audio_rate=media.MIX_RATE)
-        crash_point("encoded")
-        t1 = time.perf_counter()
-        for preview in wanted:
-            if preview.role == "gif":
-                previews.make_gif_from_frames(clip.frames, clip.fps, preview.path)
-                crash_point("mid_encode")
-            else:
-                previews.thumbnail_from_frame(clip.frames[0], preview.path, description=preview.description)
-        timings.previews_s = time.perf_counter() - t1
-        timings.encode_s = time.perf_counter() - t0
-        return Outcome(backend=backend.name, device=backend.device, model=model, has_audio=clip.audio is not None,
-                       info=clip.info)
+        made = slot.make(spec, model, mp4, image, wanted, report.stage, report.on_step, self.log)
+        timings.load_s, timings.generate_s = made.load_s, made.generate_s
+        timings.encode_s, timings.previews_s = made.encode_s, made.previews_s
+        return made.outcome
 
     def _identity(self, model: ModelInfo, backend: str) -> str:
         """The model's weights identity for the cache key (memoised: it may read a folder)."""
@@ -475,14 +465,7 @@ class Producer:
         return self._identities[k]
 
 
-@dataclass(frozen=True)
-class _Preview:
-    """A preview the result holds: its role in `outputs`, its path in the stage, its name in a cache entry."""
-
-    role: str  # "gif" or "thumbnail"
-    path: Path
-    cached: str
-    description: str | None = None
+_Preview = Preview  # the daemon's previews are the executors' (one shape for both)
 
 
 def _previews(spec: JobSpec, model: ModelInfo, stage: Path) -> list[_Preview]:

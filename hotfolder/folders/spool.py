@@ -56,6 +56,7 @@ def timestamp(wall: float | None = None) -> str:
 
 # How an attempt ended (job.json "attempts"): none yet means it is running, or the process died in it.
 DELIVERED, FAILED, DIED, STOPPED, PAUSED = "delivered", "failed", "died", "stopped", "paused"
+LOST = "lost"  # the cluster worker running it went away (or the daemon did, with the job on a worker): not counted
 COUNTED = (FAILED, DIED)  # the outcomes that use up one of max_attempts
 
 
@@ -273,7 +274,11 @@ class Spool:
                 if index not in job.done and self._delivered_by(job, name):
                     job.done[index] = name
             for attempt in job.attempts:
-                if outcome(attempt) is None:
+                if outcome(attempt) is None and attempt.get("worker") and attempt.get("executor", "local") != "local":
+                    # It ran on a cluster worker, not in the process that died: not the job's fault.
+                    attempt["outcome"] = LOST
+                    attempt["error"] = f"the daemon stopped while worker {attempt['worker']} ran it"
+                elif outcome(attempt) is None:
                     attempt["outcome"] = DIED
                     attempt["error"] = f"the process died while running it (stage: {attempt.get('stage', '?')})"
             shutil.rmtree(job.stage, ignore_errors=True)

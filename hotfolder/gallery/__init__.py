@@ -129,9 +129,13 @@ def status_payload(config: Config, status: dict[str, Any] | None) -> dict[str, A
     if running is not None:
         progress = running.get("progress") if isinstance(running.get("progress"), dict) else {}
         out["running"] = {
-            **{k: running.get(k) for k in ("job_id", "source", "name", "prompt")},
+            **{k: running.get(k) for k in ("job_id", "source", "name", "prompt", "worker")},
             "progress": {k: progress.get(k) for k in ("stage", "step", "total_steps", "percent", "eta_s")},
         }
+    others = [r for r in status.get("running_jobs") or [] if isinstance(r, dict)][1:]  # a cluster's other workers
+    if running is not None and others:
+        out["running_others"] = [{"name": r.get("name"), "worker": r.get("worker"),
+                                  "percent": (r.get("progress") or {}).get("percent")} for r in others[:MAX_QUEUE]]
     for r in (status.get("recent") or [])[:MAX_RECENT]:
         if isinstance(r, dict):
             out["recent"].append({"job_id": r.get("job_id"), "source": r.get("source"), "status": r.get("status"),

@@ -489,7 +489,9 @@ function showStatus(st) {
     const running = st.running, queue = st.queue || [];
     live.dataset.state = running ? 'busy' : 'idle';
     const p = (running && running.progress) || {};
+    const others = st.running_others || [];  // several workers (a cluster): the others' jobs, named after the first
     text.textContent = running ? 'Running: making ' + running.name + (p.percent ? ' (' + Math.round(p.percent) + '%)' : '')
+      + (others.length ? ' and ' + others.map((o) => o.name + (o.worker ? ' on ' + o.worker : '')).join(', ') : '')
       : queue.length ? 'Running: ' + queue.length + ' queued' : 'Running: waiting for prompt files';
     note.hidden = !st.paused;
     if (st.paused) {  // e.g. a full disk: jobs wait until there is room again
