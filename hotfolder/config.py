@@ -316,6 +316,7 @@ CONFIG_KEYS: dict[str, Setting] = {
     "mlx_keep_text_encoder": Setting("bool"),
     "mlx_memory_limit_gb": Setting("number", "give GiB (2**30 bytes) greater than 0", _above(0)),
     "mlx_cache_limit_gb": Setting("number", "give GiB (2**30 bytes), 0 or more", _at_least(0)),
+    "memory_check": Setting("bool"),
     "notifications": Setting("bool"),
     "executor": Setting("choice", choices=lambda: EXECUTORS),
     "ray_address": Setting("text", 'give a Ray cluster\'s address: "auto" (the cluster `ray start` made on this machine), '
@@ -396,6 +397,7 @@ class Config:
     mlx_keep_text_encoder: bool = True  # False: load Gemma per job (Gemma + LTX-2 in bf16 exceed 64 GB)
     mlx_memory_limit_gb: float | None = None  # GiB (2**30 bytes)
     mlx_cache_limit_gb: float | None = None  # GiB
+    memory_check: bool = True  # refuse a model whose estimate exceeds this machine's memory (backends/memory.py)
     notifications: bool = True
     executor: str = "local"  # "ray": generation runs on a Ray cluster's actors (daemon/cluster.py)
     ray_address: str = "auto"  # the cluster the "ray" executor joins

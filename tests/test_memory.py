@@ -83,8 +83,8 @@ def _weights_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(weights, "hub_cache", lambda: cache)
 
 
-def _provider(tmp_path: Path, ram: int, log: list[str]) -> Provider:
-    return Provider(Config(root=tmp_path), lambda backend, model, config: _Loaded(log, model.name),
+def _provider(tmp_path: Path, ram: int, log: list[str], **settings: object) -> Provider:
+    return Provider(Config(root=tmp_path, **settings), lambda backend, model, config: _Loaded(log, model.name),
                     machine=lambda backend: Machine(ram=ram))
 
 
@@ -110,6 +110,12 @@ def test_the_provider_refuses_a_model_too_big_before_building_it_with_the_number
     assert "Use a model that fits this machine" in e.value.hint and "ltx-video" in e.value.hint
     backend, _ = roomy.get(spec, BUILTIN_MODELS["tiny"])
     assert log == ["load tiny"] and backend.name == "tiny"
+
+    # The refusal says how to load it anyway; with memory_check = false the same model is built and loaded.
+    assert "memory_check = false" in e.value.hint
+    trusting = _provider(tmp_path, 16 * GB, log, memory_check=False)
+    backend, _ = trusting.get(spec, LTX2)
+    assert log == ["load tiny", "load ltx-2"] and backend.name == "ltx-2"
 
 
 def test_a_backend_the_table_does_not_know_is_not_checked(tmp_path: Path) -> None:

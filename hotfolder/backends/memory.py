@@ -373,7 +373,8 @@ def refusal(model: ModelInfo, est: Estimate, f: Fit, m: Machine, others: list[st
         hint = (f"No model in the table fits this machine ({m.describe()}): run it on a machine with more memory "
                 "(an NVIDIA GPU, or an Apple Silicon Mac with the MLX backend), or try the pipeline with the tiny "
                 'model (model = "tiny").')
-    return MemoryTooSmall(message, hint=hint + " `hotfolder models list` shows each model's memory on this machine.")
+    return MemoryTooSmall(message, hint=hint + " `hotfolder models list` shows each model's memory on this machine; "
+                          "memory_check = false in the config file loads it anyway (the system may kill the daemon).")
 
 
 __all__ = ["GB", "Estimate", "Fit", "Machine", "MemoryTooSmall", "architecture", "estimate", "fit", "machine",

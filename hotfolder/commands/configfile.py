@@ -130,6 +130,11 @@ def _documented(d: Config, setting: Any, path: Any, root_line: str, defaults: st
 #mlx_memory_limit_gb = 48.0
 #mlx_cache_limit_gb = 8.0
 
+# Refuse, before loading, a model whose memory estimate (`hotfolder models list`) exceeds this machine's
+# memory; false loads it anyway (with swap, or where the estimate is too cautious): the system may then
+# kill the daemon for memory, which the journal survives (the job is tried max_attempts times).
+{setting("memory_check", getattr(d, "memory_check", True))}
+
 # Where generation runs: "local" (this machine, one resident model) or "ray" (the GPUs of a Ray cluster,
 # each keeping its own copy of the model; pip install 'hotfolder[ray]', see docs/cluster.md).
 {setting("executor", getattr(d, "executor", "local"))}

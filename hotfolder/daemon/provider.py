@@ -68,8 +68,9 @@ class Provider:
         return backend, time.perf_counter() - t0
 
     def check_memory(self, backend: str, model: ModelInfo) -> memory.Estimate | None:
-        """The model's estimate on this machine; raises MemoryTooSmall when it cannot fit. Tiny models always fit."""
-        if backend not in CHECKED_BACKENDS or model.tiny:
+        """The model's estimate on this machine; raises MemoryTooSmall when it cannot fit. Tiny models always fit;
+        with `memory_check = false` nothing is checked (the person chose to try)."""
+        if backend not in CHECKED_BACKENDS or model.tiny or not self.config.memory_check:
             return None
         if choose.weights_problem(model, self.config, backend=backend) is not None:
             return None  # the load fails at once with the pull command (`doctor` and `models` say it won't fit)
