@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -204,6 +205,96 @@ def test_cancel_reaches_the_job_on_its_worker_within_a_step(root: Root, cluster:
         wait_until(root.results, timeout=60, what="the next job")
         assert time.monotonic() - t0 < 30
         assert _worker(root, running["worker"])["state"] == "ready"
+    finally:
+        _stop(daemon)
+
+
+@pytest.mark.slow
+def test_a_result_for_a_job_whose_folder_was_removed_is_dropped(root: Root, cluster: Any) -> None:
+    """The job's folder leaves processing/ while its worker encodes (no step is polled then, so no step's cancel
+    check sees it): when the files come back the daemon finds no stage to write them into and drops them."""
+    # One worker: the next job can only be made there, so it shows the worker is free again. Noise frames make
+    # the worker's encode last seconds: the folder is removed in it, after the daemon saw "encoding".
+    root.write_config(executor="ray", ray_address=cluster.address, workers=1)
+    drop(root, "gone.toml", 'prompt = "removed while it encodes"\nsteps = 2\nwidth = 448\nheight = 448\n'
+                            'duration = 3\nfps = 16\n[output]\ngif = true\nthumbnail = true\n')
+    daemon = root.start(env=root.env(HOTFOLDER_FAKE_STEP_S="0.1", HOTFOLDER_FAKE_NOISE="1"))
+    out = ""
+    try:
+        [folder] = wait_until(lambda: list((root.path / "processing").iterdir()), timeout=60, what="the claim")
+
+        def encoding() -> bool:
+            try:
+                return json.loads((folder / "progress.json").read_text()).get("stage") == "encoding"
+            except (OSError, ValueError):
+                return False
+
+        wait_until(encoding, timeout=60, interval=0.02, what="the job encoding on its worker")
+        # As a person's `rm -rf` does (retried: the daemon may add a file to it meanwhile).
+        wait_until(lambda: shutil.rmtree(folder, ignore_errors=True) or not folder.exists(), timeout=10,
+                   what="the job's folder removed")
+        wait_until(lambda: not any(r.get("source") == "gone.toml" for r in _status(root).get("running_jobs") or []),
+                   timeout=60, what="the result back and dropped")
+        # Nothing was written for it anywhere, and nothing of it is left over.
+        assert list((root.path / "processing").iterdir()) == []
+        assert root.results() == [] and root.failures() == []
+        # The worker is free again: the next job is made there and delivered once.
+        drop(root, "next.toml", _job("after the dropped result", 2))
+        wait_until(root.results, timeout=60, what="the next job")
+        wait_until(lambda: not any((root.path / "processing").iterdir()), timeout=30, what="processing/ emptied")
+        assert _sources(root) == ["next.toml"] and root.failures() == []
+        assert root.metadata(root.results()[0])["backend_info"]["worker"] == "w1"
+        wait_until(lambda: _worker(root, "w1")["state"] == "ready" and _worker(root, "w1")["busy"] is False,
+                   timeout=10, what="w1 ready and free")
+    finally:
+        out = _stop(daemon)
+    assert "cancelled: the job's folder was removed from processing/" in out, out
+    assert "attempt failed" not in out and "worker error" not in out, out
+
+
+@pytest.mark.slow
+def test_cancel_of_a_job_waiting_for_its_restarting_worker_takes_it_out(root: Root, cluster: Any,
+                                                                         tmp_path: Path) -> None:
+    """A job whose worker is not ready (killed, restarting and loading its model again: HOTFOLDER_FAKE_LOAD_S) is
+    in stage "waiting"; `hotfolder cancel` takes it out then: failed/ as cancelled, never made afterwards."""
+    # One worker, so nothing can take the job over from its restarting worker; max_attempts = 1: one worker lost
+    # by chance must not fail the job (the bound is max_attempts x workers, and at least 2).
+    root.write_config(executor="ray", ray_address=cluster.address, workers=1, max_attempts=1)
+    generated = tmp_path / "generated.txt"  # a line per generate() call, whichever worker makes it
+    drop(root, "stuck.toml", _job("my worker restarts", 12))
+    drop(root, "after.toml", _job("made after the cancel", 2))
+    daemon = root.start(env=root.env(HOTFOLDER_FAKE_STEP_S="0.25", HOTFOLDER_FAKE_LOAD_S="8",
+                                     HOTFOLDER_FAKE_IMAGES=str(generated)))
+    try:
+        wait_until(lambda: _running(root, "stuck.toml", 2), timeout=60, what="the job on its worker")
+        os.kill(_worker(root, "w1")["pid"], signal.SIGKILL)
+
+        def waiting() -> dict[str, Any] | None:
+            return next((r for r in _status(root).get("running_jobs") or []
+                         if r.get("source") == "stuck.toml" and (r.get("progress") or {}).get("stage") == "waiting"),
+                        None)
+
+        wait_until(waiting, timeout=30, what="the job waiting for its restarting worker")
+        said = json.loads(root.cli("status", "--json", fake=True).stdout)
+        assert said["alive"] is True
+        shown = said["status"]
+        [entry] = [r for r in shown["running_jobs"] if r["source"] == "stuck.toml"]
+        assert entry["worker"] == "w1" and entry["progress"]["text"] == "waiting for a worker", entry
+        assert _worker(root, "w1")["state"] != "ready"
+        assert [q["source"] for q in shown["queue"]] == ["after.toml"], shown["queue"]
+        text = root.cli("status", fake=True).stdout
+        assert any(line.startswith("Running on w1: stuck.toml") and line.endswith(": waiting for a worker")
+                   for line in text.splitlines()), text
+        cancel = root.cli("cancel", "stuck.toml", fake=True)
+        assert cancel.returncode == 0 and "cancel requested" in cancel.stdout, cancel.stdout + cancel.stderr
+        [failed] = wait_until(root.failures, timeout=30, what="the cancelled job in failed/")
+        error = json.loads((failed / "error.json").read_text())
+        assert error["kind"] == "cancelled" and error["source"] == "stuck.toml", error
+        # The worker comes back and makes the next job, once; the cancelled one is never made again.
+        wait_until(root.results, timeout=90, what="the next job")
+        wait_until(lambda: not any((root.path / "processing").iterdir()), timeout=30, what="processing/ emptied")
+        assert _sources(root) == ["after.toml"] and root.failures() == [failed]
+        assert len(generated.read_text().splitlines()) == 2  # stuck.toml's run before the kill, and after.toml
     finally:
         _stop(daemon)
 

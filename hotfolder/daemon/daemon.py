@@ -780,11 +780,12 @@ class Daemon:
 
     def _worker_lost(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: WorkerLost) -> None:
         """The worker went away mid-job: not the job's fault, so back to the queue at once (no attempt used up);
-        but a job that has lost its worker max_attempts times per worker takes them all down: it fails."""
+        but a job that has lost its worker max_attempts times per worker (and at least twice, so that one machine
+        lost by chance never fails a job, even with one worker and max_attempts = 1) takes them all down: it fails."""
         job, index = run.job, item.index
         run.attempt.update(outcome=LOST, error=_one_line(e))
         lost = sum(1 for a in job.attempts if a.get("index") == index and outcome(a) == LOST)
-        limit = self.config.max_attempts * max(1, self.executor.threads)
+        limit = max(2, self.config.max_attempts * max(1, self.executor.threads))
         if lost >= limit:
             self.log.error("the job's worker was lost too often: failing it", lost=lost, error=_one_line(e))
             error = {"status": "failed", "kind": "worker-lost",
