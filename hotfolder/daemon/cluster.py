@@ -37,6 +37,7 @@ import ray.exceptions
 
 from hotfolder import log
 from hotfolder.config import Config, ModelInfo
+from hotfolder.daemon.attempts import one_line
 from hotfolder.daemon.executor import Made, Outcome, Preview, WorkerLost
 from hotfolder.errors import BackendError, HotfolderError, Interrupted, UsageError
 
@@ -193,7 +194,7 @@ class RayExecutor:
                     w.info = ray.get(ref, timeout=1)
                     w.ready = True
                 except Exception as e:  # noqa: BLE001 - dead for now: Ray restarts it
-                    w.ready, w.trouble = False, _one_line(e)
+                    w.ready, w.trouble = False, one_line(e)
             now = time.monotonic()
             for w in self._workers:
                 if w.ping is not None and now - w.pinged > 5 * MONITOR_S:
@@ -222,7 +223,7 @@ class RayExecutor:
         try:
             self._join(first=False)
         except Exception as e:  # noqa: BLE001 - not yet: tried again at the next check
-            self.log.info("the Ray cluster answers but cannot be joined yet", address=self.address, error=_one_line(e))
+            self.log.info("the Ray cluster answers but cannot be joined yet", address=self.address, error=one_line(e))
             _shutdown()
             return True
         self._held = None
@@ -330,14 +331,14 @@ class _Lease:
             _cancel(worker, token, ref)
             raise
         except _GONE as e:
-            worker.ready, worker.trouble = False, _one_line(e)
+            worker.ready, worker.trouble = False, one_line(e)
             raise WorkerLost(f"worker {worker.name} ({worker.info.get('host') or 'its node'}) went away: "
-                             f"{_one_line(e)}") from None
+                             f"{one_line(e)}") from None
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, HotfolderError):
                 raise cause from None
-            raise BackendError(f"worker {worker.name}: {_one_line(cause or e)}") from None
+            raise BackendError(f"worker {worker.name}: {one_line(cause or e)}") from None
         except WorkerLost:
             worker.ready, worker.trouble = False, "stopped answering"
             _cancel(worker, token, ref)
@@ -525,11 +526,6 @@ def _shutdown() -> None:
         ray.shutdown()
     except Exception:  # noqa: BLE001 - leaving a cluster that is gone
         pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def survey(config: Config) -> dict[str, Any]:

@@ -21,14 +21,14 @@ Threads, each with one kind of work, so that nothing slow ever stalls the scan:
 A job that kills the process (out of memory, a crash in native code, power loss) is
 known at the next start from its journal: each attempt is recorded before the risky
 work begins; after `max_attempts` such deaths the job goes to failed/ and the queue
-moves on. A full disk pauses claiming and jobs (status.json says so) until space is
-back. A stop ends the process within STOP_PROMISE_S whatever the worker is doing.
+moves on (the rules: daemon/attempts.py). A full disk pauses claiming and jobs (status.json
+says so) until space is back (daemon/pause.py). A stop ends the process within STOP_PROMISE_S
+whatever the worker is doing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import queue as queues
@@ -45,15 +45,18 @@ import structlog
 
 from hotfolder import backends, fsutil, gallery, log
 from hotfolder.config import Config, ModelInfo
+from hotfolder.daemon.attempts import (backoff_s, error_record, invalid_error, lost_count, lost_error, lost_limit,
+                                       one_line, retries_used_error, unreadable_error, used_up)
 from hotfolder.daemon.executor import Executor, LocalExecutor, Slot, WorkerLost
+from hotfolder.daemon.pause import DiskPause, Paused, disk_full, waits_for_space
 from hotfolder.daemon.produce import Producer, Report, Timings, entry_id, iso
 from hotfolder.daemon.provider import Provider
 from hotfolder.daemon.queue import IDLE, JobQueue, QueueItem
-from hotfolder.errors import BackendError, HotfolderError, Interrupted, JobInvalid, Problem, UsageError, retryable
+from hotfolder.errors import HotfolderError, Interrupted, JobInvalid, Problem, UsageError, retryable
 from hotfolder.folders import status as status_file
 from hotfolder.folders.arrivals import Arrival, Candidate
 from hotfolder.folders.lock import RootLock
-from hotfolder.folders.spool import (DELIVERED, DIED, FAILED, LOST, PAUSED, STOPPED, Job, Spool, cancelled_error,
+from hotfolder.folders.spool import (DELIVERED, FAILED, LOST, PAUSED, STOPPED, Job, Spool, cancelled_error,
                                      crash_point, outcome)
 from hotfolder.folders.status import HEARTBEAT_S, STOP_GRACE_S, STOP_PROMISE_S
 from hotfolder.fsutil import read_json, write_json_atomic
@@ -63,12 +66,7 @@ from hotfolder.job.spec import JobSpec, attachment_names, parse
 from hotfolder.media import ffmpeg
 from hotfolder.service import notify
 
-MAX_BACKOFF_S = 300.0
 CHECK_THREADS = 2  # attachment checks at once: one slow voice-over never holds up the others
-RESERVE_NAME = ".hotfolder.reserve"
-RESERVE_BYTES = 1024 * 1024  # kept in hand on the root's disk, given back when it fills
-RESUME_FREE_BYTES = 256 * 1024 * 1024  # a paused daemon resumes with this free (at most a tenth of the disk)
-MAX_PAUSED_TRIES = 3  # a job that meets a full disk this often fails like any other error (the disk may be another)
 STATUS_EVERY_S = 0.25  # status.json follows the running job at most this often (progress.json at every stage)
 GALLERY_EVERY_S = 1.0  # outbox/index.html is rewritten at most this often while jobs run, and at once when idle
 RETIRE_EVERY_S = 2.0  # delivered results are flushed to the disk together, at most this often (then their inputs go)
@@ -80,16 +78,6 @@ STAGES = {"queued": "queued", "starting": "checking the cache", "waiting": "wait
 RISKY = ("loading", "generating", "decoding", "encoding")
 # Denoising phases a backend follows with another (its two-stage pipelines): their last step is not the end.
 FIRST_OF_TWO = frozenset({"stage1"})
-CRASH_HINT = (
-    "Something in this job ends the whole process: running out of memory (the system then kills the biggest "
-    "process), a crash in the model's native code, or the machine losing power. Make it lighter: a smaller size "
-    "or a shorter duration, mode = \"preview\", or another model (`hotfolder models list`); then move the job "
-    "back into the inbox (`hotfolder retry` with this folder's name). If every job does this, run `hotfolder doctor`."
-)
-
-
-class _Paused(Interrupted):
-    """Raised from a step callback when the disk filled: the job stops and waits for space."""
 
 
 @dataclass
@@ -126,7 +114,7 @@ class Daemon:
         self.jobs: dict[str, tuple[Job, list[JobSpec]]] = {}  # admitted, with entries queued or running
         self.failures = 0
         self.delivered = 0
-        self._lock = threading.RLock()  # jobs, the running entries, recent results, the pause, counters
+        self._lock = threading.RLock()  # jobs, the running entries, recent results, counters
         self._runs: dict[str, _Run] = {}  # worker thread name -> the entry it runs now
         self._active: dict[str, int] = {}  # job id -> entries of it the workers hold
         self._admitting: set[str] = set()  # claimed, being parsed or checked
@@ -136,10 +124,7 @@ class Daemon:
         self._started = time.time()
         self._workers: list[threading.Thread] = []
         self._peeked: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
-        self._paused: str | None = None  # why claiming and jobs wait (a full disk), for status.json
-        self._resumed = threading.Event()  # clear while paused: the worker waits on it
-        self._resumed.set()
-        self._reserve = _Reserve(config.root / RESERVE_NAME)
+        self.disk = DiskPause(config.root, self.log, lambda: self._write_status(now=True))  # a full disk's pause
         self._stop_at: float | None = None  # monotonic time of the stop signal
         self._said: dict[str, str] = {}  # the last error logged per place, so a lasting one is said once
         # Where generation runs. The Ray one (which imports ray: heavy) is made by run(), which joins the cluster.
@@ -184,9 +169,7 @@ class Daemon:
                 once=self.once,
             )
             self._warn_missing_weights()
-            trouble = self._reserve.make()
-            if trouble is not None and _disk_full(trouble):
-                self._pause(trouble, "starting")
+            self.disk.start()
             self._start_threads()
             for job in self.spool.recover():
                 self.log.info("requeued after restart", job_id=job.job_id, source=job.source)
@@ -257,7 +240,7 @@ class Daemon:
         self.stop.set()
         self.wake.set()
         self.queue.close()
-        self._resumed.set()
+        self.disk.resumed.set()
         if signalled:  # an ffmpeg still running works for nothing now
             ffmpeg.stop_all()
         self._admit_queue.put(None)
@@ -333,16 +316,16 @@ class Daemon:
             paths, changed = self._changes.drain() if self._changes is not None else ({}, False)
             for path, when in paths.items():
                 self.spool.inbox.note(path, when)
-            resumed = self._try_resume() if self._paused else False
+            resumed = self._try_resume() if self.disk.paused else False
             now = time.monotonic()
             if changed or resumed or self.once or now - last_scan >= rescan or (due is not None and now >= due):
                 last_scan = now
                 candidates = self.spool.inbox.scan()
                 ready, _ = self.spool.inbox.settled(candidates)
-                if not self._paused and not self._held():
+                if not self._claiming_paused():
                     arrivals, _ = self.spool.inbox.arrivals(candidates, ready, self._named_attachments)
                     for arrival in arrivals:
-                        if self.stop.is_set() or self._paused:
+                        if self.stop.is_set() or self.disk.paused:
                             break
                         self._take(arrival)
                         if time.monotonic() - last_beat >= HEARTBEAT_S:  # a burst of claims never stales it
@@ -367,9 +350,15 @@ class Daemon:
             wake_at += [t for t in (due, gallery_due) if t is not None]
             if self._status_dirty:
                 wake_at.append(self._status_at + STATUS_EVERY_S)
-            if self.once or self._paused or self._held():
+            if self.once or self._claiming_paused():
                 wake_at.append(now + (0.25 if self.once else 1.0))
             self.wake.wait(max(0.0, min(wake_at) - time.monotonic()))
+
+    def _claiming_paused(self, *, note: bool = True) -> str | None:
+        """Why claiming waits, or None: the one place that decides. A full disk first (it holds jobs back too),
+        then the executor's hold (a cluster that went away: claimed jobs still run), noted by `_held` as it
+        begins and ends unless `note` is false (status.json asks, and must not write itself)."""
+        return self.disk.text or (self._held() if note else self.executor.held())
 
     def _held(self) -> str | None:
         """Why claiming waits for the executor (a cluster that went away), said once as it begins and ends."""
@@ -386,25 +375,25 @@ class Daemon:
     def _idle(self) -> bool:
         """Nothing claimed is waiting for admission, for its turn or for space: what --once waits for."""
         with self._lock:
-            return not self._admitting and not self._paused and self.queue.pending() == 0
+            return not self._admitting and not self.disk.paused and self.queue.pending() == 0
 
     def _keep_folders(self) -> None:
         """Folders someone deleted while the daemon runs are made again (never the root itself)."""
         try:
             self.spool.ensure_folders(make_root=False)
         except OSError as e:
-            self._say("folders", "cannot make the root's folders", error=_one_line(e), root=str(self.config.root))
+            self._say("folders", "cannot make the root's folders", error=one_line(e), root=str(self.config.root))
 
     # -- claim and admit ------------------------------------------------
     def _take(self, arrival: Arrival) -> None:
         try:
             job = self.spool.claim(arrival.candidate, arrival.attachments)
         except Exception as e:  # the file stays in the inbox; the scan goes on
-            if _disk_full(e):
-                self._pause(e, f"claiming {arrival.candidate.rel}")
+            if disk_full(e):
+                self.disk.pause(e, f"claiming {arrival.candidate.rel}")
             else:
                 self._say(f"claim {arrival.candidate.rel}", "cannot claim: it stays in the inbox",
-                          source=arrival.candidate.rel, error=_one_line(e))
+                          source=arrival.candidate.rel, error=one_line(e))
             return
         if job is None:
             return
@@ -464,14 +453,14 @@ class Daemon:
                 specs = step(job)
             except JobInvalid as e:
                 if not self.stop.is_set():  # a check ended by the stop is no verdict on the file
-                    self._fail(job, _invalid_error(e))
+                    self._fail(job, invalid_error(e))
                 return
             except Exception as e:
-                if self.stop.is_set() or _disk_full(e):
+                if self.stop.is_set() or disk_full(e):
                     raise  # not the job's fault: set aside below
                 self.log.error("the job could not be read", job_id=job.job_id, source=job.source,
-                               error=_one_line(e), exc_info=not isinstance(e, OSError))
-                self._fail(job, _unreadable_error(job, e))
+                               error=one_line(e), exc_info=not isinstance(e, OSError))
+                self._fail(job, unreadable_error(job, e))
                 return
             if specs is None:
                 handed_on = True  # to the checkers
@@ -531,7 +520,7 @@ class Daemon:
         for index, spec in enumerate(specs):
             if str(index) in job.done:
                 continue
-            error = _used_up(job, index, self.config.max_attempts)
+            error = used_up(job, index, self.config.max_attempts)
             if error is not None:
                 self._fail(job, error, index=index, count=len(specs), spec=spec)
                 if len(specs) == 1:
@@ -558,11 +547,11 @@ class Daemon:
         self.queue.remove(job.job_id)
         if self.stop.is_set():
             return
-        if _disk_full(e):
-            self._pause(e, f"{doing} ({job.source})")
+        if disk_full(e):
+            self.disk.pause(e, f"{doing} ({job.source})")
         else:
             self.log.error("could not go on with the job: it stays in processing/ and is taken up at the next start",
-                           job_id=job.job_id, source=job.source, doing=doing, error=_one_line(e),
+                           job_id=job.job_id, source=job.source, doing=doing, error=one_line(e),
                            exc_info=not isinstance(e, (OSError, HotfolderError)))
 
     def _sweep_cancels(self) -> None:
@@ -617,7 +606,7 @@ class Daemon:
                 try:
                     self._flush_results(jobs)
                 except Exception as e:  # the job stays in processing/; the next start retires it
-                    self.log.error("could not flush the results to the disk", error=_one_line(e))
+                    self.log.error("could not flush the results to the disk", error=one_line(e))
                 else:
                     for job in jobs:
                         crash_point("finishing")
@@ -643,7 +632,7 @@ class Daemon:
         taking it never contacts a cluster (a cache hit needs none of it)."""
         idle_after = self.config.idle_unload_minutes * 60 or None
         while True:
-            self._resumed.wait()
+            self.disk.resumed.wait()
             slot = self.executor.acquire(self.stop)
             if slot is None:
                 return
@@ -668,7 +657,7 @@ class Daemon:
                 slot.release()
 
     def _take_item(self, item: QueueItem, slot: Slot) -> None:
-        if self._paused:  # the disk filled while it waited: back it goes until there is space
+        if self.disk.paused:  # the disk filled while it waited: back it goes until there is space
             self.queue.put(item)
             return
         with self._lock:
@@ -741,10 +730,9 @@ class Daemon:
     def _entry_failed(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: Exception) -> None:
         """What an attempt's end means: wait for space, stop, cancel, try again, or fail."""
         job, attempt, index, spec = run.job, run.attempt, item.index, run.spec
-        paused = [a for a in job.attempts if a.get("index") == index and outcome(a) == PAUSED]
-        if isinstance(e, _Paused) or (_disk_full(e) and not self.stop.is_set() and len(paused) < MAX_PAUSED_TRIES):
-            if not isinstance(e, _Paused):
-                self._pause(e, f"running {run.eid}")
+        if waits_for_space(e, job, index, stopping=self.stop.is_set()):
+            if not isinstance(e, Paused):
+                self.disk.pause(e, f"running {run.eid}")
             attempt["outcome"] = PAUSED
             self._save_quietly(job)
             self.log.warning("the disk is full: the job waits for space, then starts again", stage=run.stage)
@@ -753,7 +741,7 @@ class Daemon:
         if self.stop.is_set():  # whatever ended it (a step's stop check, an ffmpeg ended by the stop)
             attempt["outcome"] = STOPPED
             self._save_quietly(job)
-            self.log.info("interrupted by stop; stays queued for the next start", reason=_one_line(e))
+            self.log.info("interrupted by stop; stays queued for the next start", reason=one_line(e))
             return
         if isinstance(e, WorkerLost):
             self._worker_lost(run, item, specs, e)
@@ -769,13 +757,13 @@ class Daemon:
             self.log.info("cancelled", reason=str(e))
             self._fail_or_set_aside(job, cancelled_error("hotfolder cancel"))
             return
-        attempt.update(outcome=FAILED, error=_one_line(e), type=type(e).__name__, kind=getattr(e, "kind", "error"))
+        attempt.update(outcome=FAILED, error=one_line(e), type=type(e).__name__, kind=getattr(e, "kind", "error"))
         if retryable(e):
             self._attempt_failed(job, item, specs, spec, e)
             return
         if not isinstance(e, JobInvalid):
             self.log.error("failed; retrying cannot help", kind=getattr(e, "kind", "error"), error=str(e))
-        record = _invalid_error(e) if isinstance(e, JobInvalid) else _error(e, getattr(e, "kind", "error"))
+        record = invalid_error(e) if isinstance(e, JobInvalid) else error_record(e, getattr(e, "kind", "error"))
         self._fail_or_set_aside(job, record, index=index, count=len(specs), spec=spec)
 
     def _worker_lost(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: WorkerLost) -> None:
@@ -783,44 +771,38 @@ class Daemon:
         but a job that has lost its worker max_attempts times per worker (and at least twice, so that one machine
         lost by chance never fails a job, even with one worker and max_attempts = 1) takes them all down: it fails."""
         job, index = run.job, item.index
-        run.attempt.update(outcome=LOST, error=_one_line(e))
-        lost = sum(1 for a in job.attempts if a.get("index") == index and outcome(a) == LOST)
-        limit = max(2, self.config.max_attempts * max(1, self.executor.threads))
-        if lost >= limit:
-            self.log.error("the job's worker was lost too often: failing it", lost=lost, error=_one_line(e))
-            error = {"status": "failed", "kind": "worker-lost",
-                     "message": f"the worker running this job went away {lost} times (last: {e}); the job itself "
-                                "may be what ends them",
-                     "hint": CRASH_HINT, "attempts": [a for a in job.attempts if a.get("index") == index],
-                     "retried": True}
+        run.attempt.update(outcome=LOST, error=one_line(e))
+        times = lost_count(job, index)
+        limit = lost_limit(self.config.max_attempts, self.executor.threads)
+        if times >= limit:
+            self.log.error("the job's worker was lost too often: failing it", lost=times, error=one_line(e))
+            error = lost_error(job, index, times, e)
             self._fail_or_set_aside(run.job, error, index=index, count=len(specs), spec=run.spec)
             return
         self._save_quietly(job)
         self.log.warning("the worker went away: the job goes back to the queue (not counted as an attempt)",
-                         worker=run.attempt.get("worker"), lost=lost, limit=limit, error=_one_line(e))
+                         worker=run.attempt.get("worker"), lost=times, limit=limit, error=one_line(e))
         self.queue.put(QueueItem(item.sort_key, item.job_id, index))
 
     def _attempt_failed(self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec, e: Exception) -> None:
         index = item.index
         self._save_quietly(job)
         tries = job.tries(index)
-        self.log.error("attempt failed", attempt=len(tries), max_attempts=self.config.max_attempts, error=_one_line(e),
+        self.log.error("attempt failed", attempt=len(tries), max_attempts=self.config.max_attempts, error=one_line(e),
                        exc_info=not isinstance(e, HotfolderError))
         if len(tries) < self.config.max_attempts:
-            delay = min(MAX_BACKOFF_S, self.config.retry_backoff_seconds * 4 ** (len(tries) - 1))
+            delay = backoff_s(self.config.retry_backoff_seconds, len(tries))
             self.log.info("will retry", in_s=delay)
             self.queue.put(QueueItem(item.sort_key, item.job_id, index, not_before=time.monotonic() + delay))
             return
-        error = _error(e, "backend" if isinstance(e, BackendError) else "internal")
-        error["attempts"] = tries
-        self._fail_or_set_aside(job, error, index=index, count=len(specs), spec=spec)
+        self._fail_or_set_aside(job, retries_used_error(e, tries), index=index, count=len(specs), spec=spec)
 
     def _save_quietly(self, job: Job) -> None:
         """Journal an attempt's end; a journal that cannot be written now (a full disk) is written later."""
         try:
             job.save()
         except OSError as e:
-            self._say("journal", "cannot write the job's journal", job_id=job.job_id, error=_one_line(e))
+            self._say("journal", "cannot write the job's journal", job_id=job.job_id, error=one_line(e))
 
     def _fail_or_set_aside(self, job: Job, error: dict[str, Any], **kwargs: Any) -> None:
         try:
@@ -848,45 +830,10 @@ class Daemon:
                             ok=False, message=str(error.get("message") or ""))
 
     # -- a full disk ------------------------------------------------------
-    def _pause(self, e: BaseException, doing: str, *, status: bool = True) -> None:
-        """The root's disk is full: stop claiming and starting jobs, give back the reserve (so status.json and
-        the journal can still be written), and say so; `_try_resume` goes on once space is back."""
-        with self._lock:
-            first = self._paused is None
-            self._resumed.clear()
-            if first:
-                self._paused = "disk full"
-        if first:
-            self._reserve.release()
-            text = self._pause_text()
-            with self._lock:
-                self._paused = text
-            self.log.warning("disk full: claiming and jobs are paused until there is space again; nothing is lost",
-                             doing=doing, error=_one_line(e), root=str(self.config.root), status=text)
-        if status:
-            self._write_status(now=True)
-
-    def _pause_text(self) -> str:
-        free, need = self._free(), self._resume_need()
-        return (f"disk full: {_size(free)} free on the disk of {self.config.root}; claiming and jobs wait, "
-                f"and go on by themselves once {_size(need)} are free")
-
     def _try_resume(self) -> bool:
-        """Resume once there is space again (True then)."""
-        free, need = self._free(), self._resume_need()
-        if free < need:
-            text = self._pause_text()
-            with self._lock:
-                changed, self._paused = self._paused != text, text
-            if changed:
-                self._write_status(now=True)
+        """Resume once there is space again (True then), taking up the jobs set aside while the disk was full."""
+        if not self.disk.try_resume():
             return False
-        if self._reserve.make() is not None:
-            return False
-        with self._lock:
-            self._paused = None
-            self._resumed.set()
-        self.log.info("disk space is back: resuming", free=_size(free), root=str(self.config.root))
         with self._lock:
             known = set(self.jobs) | self._admitting | self._retiring | set(self._active)
         for job in self.spool.recover(skip=known):  # jobs set aside while the disk was full
@@ -894,19 +841,6 @@ class Daemon:
             self._admit(job)
         self._write_status(now=True)
         return True
-
-    def _free(self) -> int:
-        try:
-            return shutil.disk_usage(self.config.root).free
-        except OSError:
-            return 0
-
-    def _resume_need(self) -> int:
-        try:
-            total = shutil.disk_usage(self.config.root).total
-        except OSError:
-            total = RESUME_FREE_BYTES
-        return min(RESUME_FREE_BYTES, total // 10) + RESERVE_BYTES
 
     # -- progress and status ------------------------------------------
     def _stage(self, run: _Run, stage: str, **step: Any) -> None:
@@ -939,8 +873,8 @@ class Daemon:
         def on_step(phase: str, step: int, total: int) -> None:
             if self.stop.is_set():
                 raise Interrupted("stopping")
-            if self._paused:
-                raise _Paused("the disk is full")
+            if self.disk.paused:
+                raise Paused("the disk is full")
             _check_cancel(run.job)
             if step == 1:
                 crash_point("generating")
@@ -977,8 +911,8 @@ class Daemon:
         except FileNotFoundError:
             return  # the folder was removed (cancel); the next step notices
         except OSError as e:
-            if _disk_full(e):
-                self._pause(e, "writing progress.json")
+            if disk_full(e):
+                self.disk.pause(e, "writing progress.json")
 
     def _remember(self, job: Job, eid: str, status: str, path: Path) -> None:
         with self._lock:
@@ -1008,7 +942,7 @@ class Daemon:
         try:
             gallery.write(self.config)
         except OSError as e:
-            self._say("gallery", "cannot write the gallery (outbox/index.html)", error=_one_line(e))
+            self._say("gallery", "cannot write the gallery (outbox/index.html)", error=one_line(e))
         else:
             self._said.pop("gallery", None)
 
@@ -1032,7 +966,7 @@ class Daemon:
                        "heartbeat_unix": time.time(), "model_loaded": self.executor.loaded(),
                        "model": self.config.model, "backend": self.config.backend,  # for jobs that name none
                        "executor": self.config.executor},
-            "paused": self._paused or (self.executor.held() if state == "running" else None),
+            "paused": self._claiming_paused(note=False) if state == "running" else self.disk.text,
             "queue": queue,
             "running": running[0] if running else None,  # the first: readers from before several ran at once
             "running_jobs": running,  # every running entry, with its worker
@@ -1063,12 +997,12 @@ class Daemon:
                     try:
                         gallery.write_status(self.config, status)  # the gallery's live view
                     except OSError as e:
-                        self._say("gallery", "cannot write the gallery's status script", error=_one_line(e))
+                        self._say("gallery", "cannot write the gallery's status script", error=one_line(e))
                     return
-            if not (first and _disk_full(error) and not self._paused):
+            if not (first and disk_full(error) and not self.disk.paused):
                 break
-            self._pause(error, "writing status.json", status=False)  # the reserve it gives back makes room
-        self._say("status", "cannot write status.json", path=str(self.config.status_file), error=_one_line(error))
+            self.disk.pause(error, "writing status.json", say=False)  # the reserve it gives back makes room
+        self._say("status", "cannot write status.json", path=str(self.config.status_file), error=one_line(error))
 
     def _say(self, where: str, event: str, **fields: Any) -> None:
         """Log a warning once while it stays the same (a lasting problem is not repeated every scan)."""
@@ -1089,32 +1023,6 @@ class Daemon:
 
 
 # -- helpers ----------------------------------------------------------
-class _Reserve:
-    """A little space kept in hand on the root's disk (<root>/.hotfolder.reserve), given back when the disk
-    fills so the daemon can still say so in status.json and journal what it stops; made again to resume."""
-
-    def __init__(self, path: Path, size: int = RESERVE_BYTES):
-        self.path = path
-        self.size = size
-
-    def make(self) -> OSError | None:
-        """The reserve in place (random bytes: a compressing file system cannot shrink it); the error if not."""
-        try:
-            if self.path.stat().st_size == self.size:
-                return None
-        except OSError:
-            pass
-        try:
-            fsutil.write_atomic(self.path, os.urandom(self.size), durable=False)
-        except OSError as e:
-            return e
-        return None
-
-    def release(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-
-
 def _weights_missing(config: Config) -> str | None:
     """Why the default model cannot run here for lack of weights, with the command that fetches them; None if it can."""
     from hotfolder.backends import choose
@@ -1127,39 +1035,6 @@ def _weights_missing(config: Config) -> str | None:
     return f"default model {model.name} ({backend}): {problem} Every job that uses it fails until then." \
         if problem else None
 
-def _used_up(job: Job, index: int, max_attempts: int) -> dict[str, Any] | None:
-    """The failure record of an entry whose attempts are used up (the process died in them, or they failed)."""
-    tries = job.tries(index)
-    if len(tries) < max_attempts:
-        return None
-    last = tries[-1]
-    if outcome(last) == DIED:
-        deaths = sum(1 for a in tries if outcome(a) == DIED)
-        return {"status": "failed", "kind": "crashed",
-                "message": f"the process died while running this job {deaths} time{'s' if deaths != 1 else ''} "
-                           f"(last stage: {last.get('stage', '?')})",
-                "hint": CRASH_HINT, "attempts": tries, "retried": True}
-    return {"status": "failed", "kind": last.get("kind") or "backend", "message": last.get("error") or "failed",
-            "hint": "Look at the .log in this folder. To try again, move the job file back into the inbox.",
-            "attempts": tries}
-
-
-def _disk_full(e: BaseException | None) -> bool:
-    """Whether `e` (or what caused it) is a full disk or quota, from the OS or from ffmpeg's words."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
 
 def _check_cancel(job: Job) -> None:
     """A removed folder or a `cancel` marker (hotfolder cancel) stops the job."""
@@ -1167,33 +1042,3 @@ def _check_cancel(job: Job) -> None:
         raise Interrupted("the job's folder was removed from processing/")
     if job.cancel_requested:
         raise Interrupted("cancelled by hotfolder cancel")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
-
-
-def _unreadable_error(job: Job, e: BaseException) -> dict[str, Any]:
-    """A job whose reading failed in a way no message foresaw (an I/O error, a bug): failed, never stuck."""
-    return {"status": "failed", "kind": "internal", "message": f"{job.source} could not be read: {_one_line(e)}",
-            "hint": "Look at the .log in this folder and at the daemon's log (hotfolder.log) for the details. "
-                    "To try again, `hotfolder retry` with this folder's name.", "retried": False}
-
-
-def _invalid_error(e: JobInvalid) -> dict[str, Any]:
-    return {
-        "status": "invalid",
-        "kind": "invalid",
-        "message": e.describe(),
-        "problems": [p.to_dict() for p in e.problems],
-        "hint": "Fix the job file and drop it into the inbox again (or use `hotfolder validate FILE` first).",
-        "retried": False,
-    }
-
-
-def _error(e: BaseException, kind: str) -> dict[str, Any]:
-    hint = getattr(e, "hint", None)
-    if hint is None and kind in ("backend", "internal"):
-        hint = "Look at the .log in this folder. To try again, move the job file back into the inbox."
-    return {"status": "failed", "kind": kind, "message": str(e) or type(e).__name__, "hint": hint}
