@@ -694,6 +694,7 @@ class Daemon:
         worker = threading.current_thread().name
         with self._lock:
             self._runs[worker] = run
+        again: QueueItem | None = None  # the entry, when this attempt's end puts it back in the queue
         try:
             _check_cancel(job)
             self.log.info(
@@ -718,7 +719,7 @@ class Daemon:
             self._remember(job, eid, "done", video)
             notify.job_finished(self.config, name=spec.name, path=str(video), ok=True)
         except Exception as e:
-            self._entry_failed(run, item, specs, e)
+            again = self._entry_failed(run, item, specs, e)
         finally:
             shutil.rmtree(job.stage / str(index), ignore_errors=True)
             with self._lock:
@@ -726,9 +727,14 @@ class Daemon:
             self._write_status()
             log.detach_job_log(eid)
             structlog.contextvars.unbind_contextvars("job_id")
+            # Back to the queue only now: another worker thread may take the entry at once, and must not find
+            # this attempt's stage folder being removed, or its job log detached, under it.
+            if again is not None:
+                self.queue.put(again)
 
-    def _entry_failed(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: Exception) -> None:
-        """What an attempt's end means: wait for space, stop, cancel, try again, or fail."""
+    def _entry_failed(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: Exception) -> QueueItem | None:
+        """What an attempt's end means: wait for space, stop, cancel, try again, or fail. Returns the entry to
+        queue again (the caller queues it once the attempt is cleaned up), or None."""
         job, attempt, index, spec = run.job, run.attempt, item.index, run.spec
         if waits_for_space(e, job, index, stopping=self.stop.is_set()):
             if not isinstance(e, Paused):
@@ -736,16 +742,14 @@ class Daemon:
             attempt["outcome"] = PAUSED
             self._save_quietly(job)
             self.log.warning("the disk is full: the job waits for space, then starts again", stage=run.stage)
-            self.queue.put(QueueItem(item.sort_key, item.job_id, index))
-            return
+            return QueueItem(item.sort_key, item.job_id, index)
         if self.stop.is_set():  # whatever ended it (a step's stop check, an ffmpeg ended by the stop)
             attempt["outcome"] = STOPPED
             self._save_quietly(job)
             self.log.info("interrupted by stop; stays queued for the next start", reason=one_line(e))
-            return
+            return None
         if isinstance(e, WorkerLost):
-            self._worker_lost(run, item, specs, e)
-            return
+            return self._worker_lost(run, item, specs, e)
         if isinstance(e, Interrupted):
             attempt["outcome"] = "cancelled"
             if not job.folder.exists():
@@ -753,20 +757,20 @@ class Daemon:
                 with self._lock:
                     self.jobs.pop(job.job_id, None)
                 self.queue.remove(job.job_id)
-                return
+                return None
             self.log.info("cancelled", reason=str(e))
             self._fail_or_set_aside(job, cancelled_error("hotfolder cancel"))
-            return
+            return None
         attempt.update(outcome=FAILED, error=one_line(e), type=type(e).__name__, kind=getattr(e, "kind", "error"))
         if retryable(e):
-            self._attempt_failed(job, item, specs, spec, e)
-            return
+            return self._attempt_failed(job, item, specs, spec, e)
         if not isinstance(e, JobInvalid):
             self.log.error("failed; retrying cannot help", kind=getattr(e, "kind", "error"), error=str(e))
         record = invalid_error(e) if isinstance(e, JobInvalid) else error_record(e, getattr(e, "kind", "error"))
         self._fail_or_set_aside(job, record, index=index, count=len(specs), spec=spec)
+        return None
 
-    def _worker_lost(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: WorkerLost) -> None:
+    def _worker_lost(self, run: _Run, item: QueueItem, specs: list[JobSpec], e: WorkerLost) -> QueueItem | None:
         """The worker went away mid-job: not the job's fault, so back to the queue at once (no attempt used up);
         but a job that has lost its worker max_attempts times per worker (and at least twice, so that one machine
         lost by chance never fails a job, even with one worker and max_attempts = 1) takes them all down: it fails."""
@@ -778,13 +782,14 @@ class Daemon:
             self.log.error("the job's worker was lost too often: failing it", lost=times, error=one_line(e))
             error = lost_error(job, index, times, e)
             self._fail_or_set_aside(run.job, error, index=index, count=len(specs), spec=run.spec)
-            return
+            return None
         self._save_quietly(job)
         self.log.warning("the worker went away: the job goes back to the queue (not counted as an attempt)",
                          worker=run.attempt.get("worker"), lost=times, limit=limit, error=one_line(e))
-        self.queue.put(QueueItem(item.sort_key, item.job_id, index))
+        return QueueItem(item.sort_key, item.job_id, index)
 
-    def _attempt_failed(self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec, e: Exception) -> None:
+    def _attempt_failed(self, job: Job, item: QueueItem, specs: list[JobSpec], spec: JobSpec,
+                        e: Exception) -> QueueItem | None:
         index = item.index
         self._save_quietly(job)
         tries = job.tries(index)
@@ -793,9 +798,9 @@ class Daemon:
         if len(tries) < self.config.max_attempts:
             delay = backoff_s(self.config.retry_backoff_seconds, len(tries))
             self.log.info("will retry", in_s=delay)
-            self.queue.put(QueueItem(item.sort_key, item.job_id, index, not_before=time.monotonic() + delay))
-            return
+            return QueueItem(item.sort_key, item.job_id, index, not_before=time.monotonic() + delay)
         self._fail_or_set_aside(job, retries_used_error(e, tries), index=index, count=len(specs), spec=spec)
+        return None
 
     def _save_quietly(self, job: Job) -> None:
         """Journal an attempt's end; a journal that cannot be written now (a full disk) is written later."""
