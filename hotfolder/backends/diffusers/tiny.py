@@ -161,44 +161,24 @@ def build_ltx2_pipeline(version: str = "2") -> Any:
         return Gemma3ForConditionalGeneration(config)
 
     def connectors():
-        if later:
-            # LTX-2.3: per-modality projections straight to the transformer's widths (video 2 x 8, audio 2 x 4),
-            # gated attention in both connectors.
-            return LTX2TextConnectors(
-                caption_channels=text_hidden,
-                text_proj_in_factor=text_layers + 1,
-                video_connector_num_attention_heads=2,
-                video_connector_attention_head_dim=8,
-                video_connector_num_layers=1,
-                video_connector_num_learnable_registers=None,
-                video_gated_attn=True,
-                audio_connector_num_attention_heads=2,
-                audio_connector_attention_head_dim=4,
-                audio_connector_num_layers=1,
-                audio_connector_num_learnable_registers=None,
-                audio_gated_attn=True,
-                connector_rope_base_seq_len=32,
-                rope_double_precision=False,
-                rope_type="split",
-                per_modality_projections=True,
-                video_hidden_dim=16,
-                audio_hidden_dim=8,
-                proj_bias=True,
-            )
         return LTX2TextConnectors(
             caption_channels=text_hidden,
             text_proj_in_factor=text_layers + 1,
-            video_connector_num_attention_heads=4,
-            video_connector_attention_head_dim=8,
             video_connector_num_layers=1,
             video_connector_num_learnable_registers=None,
-            audio_connector_num_attention_heads=4,
-            audio_connector_attention_head_dim=8,
             audio_connector_num_layers=1,
             audio_connector_num_learnable_registers=None,
             connector_rope_base_seq_len=32,
             rope_double_precision=False,  # float64 is not available on every device (MPS)
             rope_type="split",
+            # LTX-2.3: per-modality projections straight to the transformer's widths (video 2 x 8, audio 2 x 4),
+            # gated attention in both connectors. LTX-2: one width (4 heads x 8) for both.
+            **({"video_connector_num_attention_heads": 2, "video_connector_attention_head_dim": 8,
+                "audio_connector_num_attention_heads": 2, "audio_connector_attention_head_dim": 4,
+                "video_gated_attn": True, "audio_gated_attn": True, "per_modality_projections": True,
+                "video_hidden_dim": 16, "audio_hidden_dim": 8, "proj_bias": True} if later else
+               {"video_connector_num_attention_heads": 4, "video_connector_attention_head_dim": 8,
+                "audio_connector_num_attention_heads": 4, "audio_connector_attention_head_dim": 8}),
         )
 
     def transformer():
