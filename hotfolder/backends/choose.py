@@ -216,7 +216,10 @@ def resolve(requested: str, model: ModelInfo | None, config: Config) -> tuple[st
 
 
 # -- what production needs beyond the pipeline: the latent upsampler, and the stage-2 LoRA (models, pull, doctor) ---
-UPSAMPLER_SUBFOLDER = "latent_upsampler"  # as the Diffusers backend loads it (its UPSAMPLER_SUBFOLDER)
+# The latent upsampler's folder in an LTX-2 Diffusers repository (not a pipeline component, so not in
+# model_index.json): what `LTX2LatentUpsamplerModel.from_pretrained(repo, subfolder="latent_upsampler")` reads in
+# the Diffusers LTX-2 docs; the Diffusers backend loads it, `models pull` fetches it.
+UPSAMPLER_SUBFOLDER = "latent_upsampler"
 
 
 @dataclass(frozen=True)
@@ -235,17 +238,18 @@ class Extra:
 
 
 def stage2_lora(model: ModelInfo) -> tuple[str, str] | None:
-    """(repository, file) of the distilled LoRA production's stage 2 loads on non-distilled weights; else None."""
-    if model.tiny or model.local_path or getattr(model, "distilled", False):
+    """(repository, file) of the distilled LoRA production's stage 2 loads on non-distilled weights; else None.
+
+    The one rule for where it comes from, for `models pull` and the Diffusers backend alike: `stage2_lora_repo`,
+    else an "org/repo/file.safetensors" name, else the model's own Diffusers repository."""
+    if model.tiny or model.distilled or not model.stage2_lora:
         return None
-    name = getattr(model, "stage2_lora", None)
-    repo = getattr(model, "stage2_lora_repo", None)
-    if not name:
-        return None
+    name, repo = model.stage2_lora, model.stage2_lora_repo
     if not repo and name.count("/") >= 2:  # "org/repo/file.safetensors"
         org, rest = name.split("/", 1)
         repo_name, name = rest.split("/", 1)
         repo = f"{org}/{repo_name}"
+    repo = repo or model.diffusers_repo
     return (repo, name) if repo else None
 
 

@@ -90,19 +90,6 @@ PUBLISHED: list[tuple[str, tuple[str, ...], float, str]] = [
 
 WEIGHT_PARTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder", "latent_upsampler")
 
-# Which architecture a model name or repository is (a model the table does not know: by its family).
-ARCH_BY_NAME = {
-    "ltx-2": "ltx-2", "ltx-2-distilled": "ltx-2", "ltx-2.3": "ltx-2.3", "ltx-2.3-q4": "ltx-2.3",
-    "ltx-2.3-distilled": "ltx-2.3", "ltx-2.5": "ltx-2.5", "ltx-2.5-distilled": "ltx-2.5", "ltx-video": "ltx-video",
-}  # fmt: skip
-ARCH_BY_REPO = {
-    "Lightricks/LTX-2": "ltx-2", "Lightricks/LTX-2.3": "ltx-2.3", "Lightricks/LTX-2.5": "ltx-2.5",
-    "Lightricks/LTX-2.5-Diffusers": "ltx-2.5", "Lightricks/LTX-Video": "ltx-video",
-    "notapalindrome/ltx2-mlx-av": "ltx-2", "dgrauet/ltx-2.3-mlx-distilled-q4": "ltx-2.3",
-    "blanchon/LTX-2-Distilled-diffusers": "ltx-2", "diffusers/LTX-2.3-Diffusers": "ltx-2.3",
-    "diffusers/LTX-2.3-Distilled-Diffusers": "ltx-2.3",
-}  # fmt: skip
-
 # The default job, whose decode the estimate includes: a 5 s preview at 24 fps in the default format
 # (linkedin 1280x720, halved and snapped to 32 for preview).
 REFERENCE_JOB = (640, 352, 121)
@@ -121,24 +108,15 @@ class MemoryTooSmall(HotfolderError):
 def architecture(model: ModelInfo) -> str | None:
     """The architecture whose parameter table applies to `model`; None for the tiny models (built in code).
 
-    By the model's LTX generation (`version`: "2", "2.3", "2.5"; "" for LTX-Video), then its name or
-    repository, then its family: a distilled checkpoint has its base's architecture.
+    What the model table says: its family (LTX-Video) and its LTX-2 generation (`version`: "2", "2.3", "2.5");
+    a distilled checkpoint has its base's architecture, a generation without a table counts as LTX-2.
     """
     if model.tiny:
         return None
-    version = getattr(model, "version", None)
-    if version is not None and model.family == "ltx2" and f"ltx-{version}" in PARAMS:
-        return f"ltx-{version}"
-    if model.name in ARCH_BY_NAME:
-        return ARCH_BY_NAME[model.name]
-    for repo in (model.diffusers_repo, model.mlx_repo):
-        if repo in ARCH_BY_REPO:
-            return ARCH_BY_REPO[repo]
-    name = (model.name or "").lower()
-    for prefix in ("ltx-2.5", "ltx-2.3", "ltx-2", "ltx-video"):
-        if name.startswith(prefix):
-            return prefix
-    return "ltx-2" if model.family == "ltx2" else "ltx-video"
+    if model.family != "ltx2":
+        return "ltx-video"
+    arch = f"ltx-{model.version}"
+    return arch if arch in PARAMS else "ltx-2"
 
 
 def params(arch: str) -> tuple[dict[str, int], bool]:
@@ -192,7 +170,7 @@ def dtype_for(backend: str, device: str) -> str:
 
 def _quantized(model: ModelInfo) -> bool:
     where = f"{model.name} {model.mlx_repo or ''}".lower()
-    return getattr(model, "quantization", None) == "q4" or "-q4" in where or "q4" in where.split("-")
+    return "-q4" in where or "q4" in where.split("-")
 
 
 def decoding_bytes(arch: str, bytes_per: float, job: tuple[int, int, int] = REFERENCE_JOB) -> int:

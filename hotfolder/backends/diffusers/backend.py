@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hotfolder import weights
-from hotfolder.backends import Clip, OnStep
+from hotfolder.backends import Clip, OnStep, choose
+from hotfolder.backends.choose import UPSAMPLER_SUBFOLDER
 from hotfolder.errors import BackendError, HotfolderError, WeightsMissing
 from hotfolder.media.fit import fit_audio, fit_image
 
@@ -65,11 +66,6 @@ NO_GUIDANCE_LTX2: dict[str, Any] = {
 }
 
 
-# The latent upsampler's folder in an LTX-2 Diffusers repository (not a pipeline component, so
-# it is not in model_index.json): what `LTX2LatentUpsamplerModel.from_pretrained(repo,
-# subfolder="latent_upsampler")` reads in the Diffusers LTX-2 docs. `hotfolder models pull`
-# must fetch it too for production jobs.
-UPSAMPLER_SUBFOLDER = "latent_upsampler"
 
 # LTX-2 was trained on conditioning images that went through H.264 at a CRF (`ModelInfo.image_crf`);
 # Diffusers re-compresses them the same way (`resolve_default_image_crf`: 33 through LTX-2.3, 18 for
@@ -863,18 +859,17 @@ class DiffusersBackend:
             path = tiny.save_distilled_lora(self.pipe.transformer, Path(self._lora_dir.name), model.stage2_lora)
             source = f"built in code (tiny): {model.stage2_lora}"
         else:
-            repo = model.stage2_lora_repo or model.diffusers_repo or ""
+            repo, name = choose.stage2_lora(model) or ("", model.stage2_lora)  # the rule `models pull` fetches by
             try:
-                path = weights.file(repo, model.stage2_lora, model_name=model.name,
-                                    what="distilled LoRA for production's stage 2")
+                path = weights.file(repo, name, model_name=model.name, what="distilled LoRA for production's stage 2")
             except WeightsMissing as e:
                 raise WeightsMissing(
-                    f'model {model.name}: mode = "production" needs the distilled LoRA {repo}/{model.stage2_lora} '
+                    f'model {model.name}: mode = "production" needs the distilled LoRA {repo}/{name} '
                     "for stage 2 (the Diffusers LTX-2 recipe), which is not in the Hugging Face cache at "
                     f"{weights.hub_cache()}",
                     hint=f'Run: hotfolder models pull {model.name} (or use mode = "preview", which needs no LoRA)',
                 ) from e
-            source = f"{repo}/{model.stage2_lora}"
+            source = f"{repo}/{name}"
         try:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=STAGE2_ADAPTER,
                                         local_files_only=True)
