@@ -964,7 +964,8 @@ class Daemon:
         runs = sorted(self._runs.values(), key=lambda r: r.job.arrival) if state == "running" else []
         running = [{"job_id": run.eid, "source": run.job.source, "name": run.spec.name,
                     "prompt": run.spec.prompt[:200], "worker": run.slot.name if run.slot is not None else None,
-                    "progress": run.progress or {"stage": run.stage}} for run in runs]
+                    # a run just registered has not said its first stage yet: it is starting, as its attempt says
+                    "progress": run.progress or {"stage": run.stage or "starting"}} for run in runs]
         return {
             "daemon": {"state": state, "pid": os.getpid(), "root": str(self.config.root),
                        "started": iso(self._started), "heartbeat": iso(time.time()),
